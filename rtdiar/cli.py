@@ -1,0 +1,212 @@
+"""`rtdiar`: the thin command line over the library (Diarizer, sources, sinks, window)."""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rtdiar.config import Config, load_config
+from rtdiar.errors import RtdiarError
+
+DESCRIPTION = """\
+Real-time audio-visual speaker diarization: shows who is speaking by checking whose lips move in
+sync with the voice (a SyncNet lip-sync expert on every tracked face).
+
+  rtdiar --camera 0                                  live window: webcam + default microphone
+  rtdiar --video talk.mp4                            replay a file in real time in the window
+  rtdiar --video talk.mp4 --no-window --jsonl out.jsonl --rttm out.rttm --annotated out.mp4 --plot out.png
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rtdiar", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = parser.add_argument_group("input (one of --camera / --video)")
+    one = src.add_mutually_exclusive_group(required=True)
+    one.add_argument("--camera", metavar="INDEX", help="webcam index (0 = first camera) or device path")
+    one.add_argument("--video", metavar="FILE", type=Path, help="recorded video file")
+    src.add_argument("--audio", metavar="FILE", type=Path,
+                     help="audio for --video when it is not the video's own sound track")
+    src.add_argument("--mic", metavar="NAME|INDEX", help="microphone for --camera (default: the system's default input)")
+    src.add_argument("--pace", choices=("realtime", "fast"),
+                     help="realtime: replay --video as a camera would deliver it (frames dropped if processing lags); "
+                          "fast: as fast as possible, never dropping. Default: realtime with the window, fast with --no-window")
+
+    out = parser.add_argument_group("outputs (each optional; existing files are kept unless --overwrite)")
+    out.add_argument("--no-window", action="store_true", help="headless: no Qt window")
+    out.add_argument("--jsonl", metavar="PATH", type=Path, help="one JSON object per frame (see README for the contract)")
+    out.add_argument("--rttm", metavar="PATH", type=Path, help="RTTM, one SPEAKER line per speaking turn, speakers face<id>")
+    out.add_argument("--annotated", metavar="PATH.mp4", type=Path, help="video with boxes, ids and the speaker, original audio muxed in")
+    out.add_argument("--plot", metavar="PATH.png", type=Path, help="every face's sync score over time, the decision marked")
+    out.add_argument("--save-faces", metavar="DIR", type=Path, help="one cropped video per face track (face<id>.mp4)")
+    out.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
+
+    tune = parser.add_argument_group("settings (defaults in configs/default.yaml)")
+    tune.add_argument("--config", metavar="FILE", type=Path, help="YAML file overriding configs/default.yaml")
+    tune.add_argument("--weights", metavar="FILE", help="model weights: rtdiar's .safetensors or Wav2Lip's lipsync_expert.pth")
+    tune.add_argument("--arch", metavar="NAME", help="model architecture of the weights (default: wav2lip)")
+    tune.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the model runs (auto: CUDA if available)")
+    tune.add_argument("--stride", metavar="N", type=int, help="score every N frames (the decision reuses the last scores between)")
+    tune.add_argument("--smooth", metavar="WINDOWS", type=int, help="causal moving average length, in scored windows")
+    tune.add_argument("--threshold", metavar="SCORE", type=float, help="smoothed score a face needs to become the speaker")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """configs/default.yaml, then --config, then the flags."""
+    return load_config(args.config, {
+        "model.weights": args.weights,
+        "model.arch": args.arch,
+        "model.device": args.device,
+        "model.stride_frames": args.stride,
+        "decision.smooth_windows": args.smooth,
+        "decision.threshold": args.threshold,
+    })
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for name in ("stride", "smooth"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise RtdiarError(f"--{name} must be at least 1")
+    if args.camera is not None and args.audio is not None:
+        raise RtdiarError("--audio goes with --video; the camera's sound comes from --mic")
+    if args.video is None and args.pace is not None:
+        raise RtdiarError("--pace goes with --video; a camera is always live")
+
+
+def _output_paths(args: argparse.Namespace) -> dict[str, Path]:
+    """Check every requested output before any work, so nothing the user has is overwritten."""
+    from rtdiar.outputs import check_output_path
+
+    inputs = [p for p in (args.video, args.audio) if p is not None]
+    paths = {name: check_output_path(path, args.overwrite, inputs)
+             for name, path in (("jsonl", args.jsonl), ("rttm", args.rttm),
+                                ("annotated", args.annotated), ("plot", args.plot))
+             if path is not None}
+    if args.save_faces is not None:
+        _check_faces_dir(args.save_faces, args.overwrite)
+        paths["faces"] = args.save_faces
+    return paths
+
+
+def _open_sinks(paths: dict[str, Path], config: Config, source) -> list:
+    """One sink per requested output."""
+    from rtdiar.outputs import AnnotatedVideoSink, FaceCropSink, JsonlSink, PlotSink, RttmSink
+
+    makers: dict[str, Callable[[Path], object]] = {
+        "jsonl": JsonlSink,
+        "rttm": lambda p: RttmSink(p, source.name),
+        "annotated": lambda p: AnnotatedVideoSink(p, source.fps, source.audio_path, source.audio_offset_s),
+        "plot": lambda p: PlotSink(p, config.decision.threshold),
+        "faces": lambda p: FaceCropSink(p, source.fps, config.tracker, source.audio_path, source.audio_offset_s),
+    }
+    return [makers[name](path) for name, path in paths.items()]
+
+
+def _check_faces_dir(folder: Path, overwrite: bool) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise RtdiarError(f"--save-faces {folder} exists and is not a folder")
+    if folder.is_dir() and any(folder.glob("face*.mp4")) and not overwrite:
+        raise RtdiarError(f"{folder} already holds face videos; pass --overwrite to replace them")
+
+
+def _open_source(args: argparse.Namespace, config: Config):
+    from rtdiar.sources import CameraSource, FileSource
+
+    if args.video is not None:
+        pace = args.pace or ("fast" if args.no_window else "realtime")
+        return FileSource(args.video, args.audio, pace, config.video, config.audio)
+    return CameraSource(args.camera, args.mic, config.video, config.audio)
+
+
+def _consume(results, sinks: list, display: queue.Queue | None) -> None:
+    """Write every result to every sink; the window only ever gets the newest ones."""
+    for result in results:
+        for sink in sinks:
+            sink.write(result)
+        if display is not None:
+            _offer(display, result)
+
+
+def _offer(display: queue.Queue, item: object) -> None:
+    """Put for display, dropping the oldest undisplayed frame rather than blocking the pipeline."""
+    while True:
+        try:
+            display.put_nowait(item)
+            return
+        except queue.Full:
+            try:
+                display.get_nowait()
+            except queue.Empty:
+                pass
+
+
+def _run_with_window(diarizer, source, sinks: list, config: Config, title: str) -> None:
+    """Processing and sinks in a worker thread; the Qt event loop in this (main) thread."""
+    from rtdiar.ui import run_window
+
+    display: queue.Queue = queue.Queue(maxsize=4)
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            _consume(diarizer.run(source), sinks, display)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            failure.append(exc)
+        finally:
+            _offer(display, None)
+
+    worker = threading.Thread(target=work, name="processing", daemon=True)
+    worker.start()
+    run_window(display, diarizer.stats, diarizer.stop, config.ui, title, threshold=config.decision.threshold)
+    diarizer.stop()
+    worker.join()
+    if failure:
+        raise failure[0]
+
+
+def run(args: argparse.Namespace) -> int:
+    """The main job: one source through the engine into the window and/or the outputs."""
+    from rtdiar.engine import Diarizer
+    from rtdiar.inference import load_scorer
+
+    _check_args(args)
+    config = config_from_args(args)
+    paths = _output_paths(args)
+    source = _open_source(args, config)
+    scorer = load_scorer(config.model)
+    sinks = _open_sinks(paths, config, source)
+    diarizer = Diarizer(config, scorer)
+    try:
+        if args.no_window:
+            _consume(diarizer.run(source), sinks, None)
+        else:
+            _run_with_window(diarizer, source, sinks, config, f"rtdiar — {source.name}")
+    except KeyboardInterrupt:
+        diarizer.stop()
+    finally:
+        for sink in sinks:
+            sink.close()
+    stats = diarizer.stats()
+    if stats["dropped"]:
+        print(f"rtdiar: {stats['dropped']} frames dropped because processing fell behind", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: every user-facing error is one line on stderr and exit status 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except RtdiarError as exc:
+        print(f"rtdiar: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

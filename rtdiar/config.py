@@ -1,0 +1,170 @@
+"""One typed config object, built from configs/default.yaml, an optional user file and overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rtdiar.errors import RtdiarError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
+
+
+@dataclass
+class VideoConfig:
+    fallback_fps: float
+    camera_width: int
+    camera_height: int
+    queue_frames: int
+
+
+@dataclass
+class AudioConfig:
+    sample_rate: int
+    ring_s: float
+    block_s: float
+    mic_silence_timeout_s: float
+    wait_timeout_s: float
+
+
+@dataclass
+class DetectorConfig:
+    model_selection: int
+    min_confidence: float
+    max_side_px: int
+
+
+@dataclass
+class TrackerConfig:
+    iou_threshold: float
+    min_hits: int
+    max_misses: int
+    box_smoothing: float
+    pad_top: float
+    pad_bottom: float
+    pad_left: float
+    pad_right: float
+
+
+@dataclass
+class WindowConfig:
+    frames: int
+    fps: float
+    mel_frames: int
+    crop_px: int
+
+
+@dataclass
+class ModelConfig:
+    arch: str
+    weights: str
+    device: str
+    stride_frames: int
+
+    def weights_path(self) -> Path:
+        """Relative weights paths are taken from the project root, so they work from any cwd."""
+        path = Path(self.weights).expanduser()
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+@dataclass
+class DecisionConfig:
+    smooth_windows: int
+    threshold: float
+    hysteresis: float
+    switch_margin: float
+    min_hold_s: float
+    vad_threshold: float
+    vad_hangover_s: float
+
+
+@dataclass
+class UIConfig:
+    plot_history_s: float
+    refresh_ms: int
+
+
+@dataclass
+class Config:
+    video: VideoConfig
+    audio: AudioConfig
+    detector: DetectorConfig
+    tracker: TrackerConfig
+    window: WindowConfig
+    model: ModelConfig
+    decision: DecisionConfig
+    ui: UIConfig
+
+
+def _merge(base: dict, overlay: dict, where: str) -> dict:
+    """Deep-merge `overlay` into `base`, refusing keys the defaults do not know (typos)."""
+    out = dict(base)
+    for key, value in overlay.items():
+        if key not in base:
+            raise RtdiarError(f"unknown config key '{where}{key}'")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise RtdiarError(f"config key '{where}{key}' must be a mapping")
+            out[key] = _merge(base[key], value, f"{where}{key}.")
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RtdiarError(f"config file not found: {path}") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise RtdiarError(f"cannot read config file {path}: {exc}".splitlines()[0]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RtdiarError(f"config file {path} must hold a mapping")
+    return data
+
+
+def _build(cls: type, data: dict, where: str) -> Any:
+    """One config section as its dataclass, with YAML ints widened to floats where floats are due."""
+    obj = cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+    for f in dataclasses.fields(cls):
+        value = getattr(obj, f.name)
+        want = {"float": float, "int": int, "str": str}.get(str(f.type))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            setattr(obj, f.name, float(value))
+        elif want is not None and not isinstance(getattr(obj, f.name), want):
+            raise RtdiarError(f"config key '{where}{f.name}' must be a {want.__name__}, got {value!r}")
+    return obj
+
+
+_SECTIONS = {
+    "video": VideoConfig,
+    "audio": AudioConfig,
+    "detector": DetectorConfig,
+    "tracker": TrackerConfig,
+    "window": WindowConfig,
+    "model": ModelConfig,
+    "decision": DecisionConfig,
+    "ui": UIConfig,
+}
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the user's YAML file, then dotted overrides such as {"model.device": "cpu"}."""
+    data = _read_yaml(DEFAULT_CONFIG)
+    if path is not None:
+        data = _merge(data, _read_yaml(Path(path)), "")
+    nested: dict = {}
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        nested.setdefault(section, {})[key] = value
+    data = _merge(data, nested, "")
+    return Config(**{name: _build(cls, data[name], f"{name}.") for name, cls in _SECTIONS.items()})

@@ -1,0 +1,236 @@
+"""The threaded pipeline: source threads -> bounded queues -> processing -> FrameResults.
+
+The engine never touches tensors (the scorer does) and never draws (the sinks and window do).
+`Diarizer(config, scorer).run(source)` yields one FrameResult per processed frame, lazily.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from rtdiar.audio import AudioRing, MelBuffer, VoiceActivity
+from rtdiar.config import Config
+from rtdiar.decision import CausalSmoother, SpeakerDecision
+from rtdiar.errors import RtdiarError
+from rtdiar.inference import SyncScorer
+from rtdiar.sources import VideoFrame
+from rtdiar.tracking import FaceDetector, IoUTracker, crop_mouth_region
+from rtdiar.types import FaceResult, FrameResult
+from rtdiar.windows import CropHistory, audio_end_sample, mel_start_index, window_times
+
+_END = object()  # sentinel: the video stream ended
+
+
+@dataclass
+class _Failure:
+    """An exception raised in a source thread, carried to the processing thread."""
+
+    error: BaseException
+
+
+class _Rate:
+    """Events per second, smoothed, for the status line."""
+
+    def __init__(self) -> None:
+        self.per_s = 0.0
+        self._last: float | None = None
+
+    def tick(self, now: float) -> None:
+        if self._last is not None and now > self._last:
+            self.per_s = 0.9 * self.per_s + 0.1 / (now - self._last) if self.per_s else 1.0 / (now - self._last)
+        self._last = now
+
+
+class Diarizer:
+    """Streams FrameResults from a source: detect, track, window, score, smooth, decide."""
+
+    def __init__(self, config: Config, scorer: SyncScorer) -> None:
+        self.config = config
+        self.scorer = scorer
+        self._stop = threading.Event()
+        self._capture_rate = _Rate()
+        self._processing_rate = _Rate()
+        self._latency_ms = 0.0
+        self._dropped = 0
+        self._audio_consumed = 0
+        self._source = None
+
+    def stop(self) -> None:
+        """Ask every thread to finish; `run` then ends after the frame in hand."""
+        self._stop.set()
+
+    def stats(self) -> dict:
+        """Live figures for the status line (read from another thread; plain floats, no locks needed)."""
+        return {
+            "capture_fps": self._capture_rate.per_s,
+            "processing_fps": self._processing_rate.per_s,
+            "latency_ms": self._latency_ms,
+            "dropped": self._dropped,
+            "mic_overflows": getattr(self._source, "mic_overflows", 0),
+        }
+
+    def run(self, source) -> Iterator[FrameResult]:
+        """Start the source threads and yield a result per processed frame until the source ends."""
+        self._source = source
+        sample_rate = self.config.audio.sample_rate
+        ring = AudioRing(int(self.config.audio.ring_s * sample_rate), sample_rate)
+        frames: queue.Queue = queue.Queue(maxsize=self.config.video.queue_frames)
+        source.start_clock(time.monotonic())
+        threads = [
+            threading.Thread(target=self._video_loop, args=(source, frames), name="video", daemon=True),
+            threading.Thread(target=self._audio_loop, args=(source, ring, frames), name="audio", daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            yield from self._process(source, frames, ring)
+        finally:
+            self._stop.set()
+            for thread in threads:
+                thread.join(timeout=5.0)
+            source.close()
+
+    def _video_loop(self, source, frames: queue.Queue) -> None:
+        try:
+            for frame in source.read_frames(self._stop):
+                self._capture_rate.tick(frame.capture_time)
+                self._enqueue(frames, frame, drop_stale=source.live)
+            self._enqueue(frames, _END, drop_stale=False)
+        except BaseException as exc:  # noqa: BLE001 - carried to the processing thread and re-raised there
+            self._enqueue(frames, _Failure(exc), drop_stale=False)
+
+    def _audio_loop(self, source, ring: AudioRing, frames: queue.Queue) -> None:
+        try:
+            source.feed_audio(ring, self._stop, lambda: ring.written - self._audio_consumed)
+        except BaseException as exc:  # noqa: BLE001
+            ring.close()
+            self._enqueue(frames, _Failure(exc), drop_stale=False)
+
+    def _enqueue(self, frames: queue.Queue, item: object, drop_stale: bool) -> None:
+        """Live sources drop the stalest frame when processing lags; files and control items wait."""
+        while not self._stop.is_set():
+            try:
+                frames.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                if drop_stale:
+                    try:
+                        frames.get_nowait()
+                        self._dropped += 1
+                    except queue.Empty:
+                        pass
+
+    def _process(self, source, frames: queue.Queue, ring: AudioRing) -> Iterator[FrameResult]:
+        cfg = self.config
+        detector = FaceDetector(cfg.detector)
+        tracker = IoUTracker(cfg.tracker)
+        stream = _AudioFeatures(cfg, ring)
+        smoother = CausalSmoother(cfg.decision.smooth_windows)
+        decision = SpeakerDecision(cfg.decision)
+        histories: dict[int, CropHistory] = {}
+        try:
+            while True:
+                item = frames.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Failure):
+                    raise item.error
+                frame: VideoFrame = item
+                tracks = tracker.update(*detector.detect(frame.image))
+                for ended in tracker.ended_ids():
+                    histories.pop(ended, None)
+                    smoother.forget(ended)
+                for track in tracks:
+                    histories.setdefault(track.id, CropHistory()).add(
+                        frame.t, crop_mouth_region(frame.image, track.box, cfg.tracker, cfg.window.crop_px))
+                t_audio = frame.t - self._audio_start(source, ring)
+                stream.advance_to(audio_end_sample(t_audio, cfg.window, cfg.audio.sample_rate), self._stop)
+                self._audio_consumed = stream.consumed
+                raw = {}
+                if frame.index % cfg.model.stride_frames == 0:
+                    raw = self._score(tracks, histories, frame.t, stream.mel_window(t_audio))
+                faces = [FaceResult(track.id, tuple(float(v) for v in track.box),
+                                    smoother.add(track.id, raw[track.id]) if track.id in raw
+                                    else smoother.value(track.id), raw_score=raw.get(track.id))
+                         for track in tracks]
+                speech = stream.speech(t_audio)
+                speaker = decision.update(frame.t, {f.id: f.score for f in faces}, speech)
+                for face in faces:
+                    face.speaking = face.id == speaker
+                now = time.monotonic()
+                self._latency_ms = (now - frame.capture_time) * 1000.0
+                self._processing_rate.tick(now)
+                yield FrameResult(frame.index, frame.t, faces, speaker, self._latency_ms, speech,
+                                  frame.image, frame.capture_time)
+        finally:
+            detector.close()
+
+    def _score(self, tracks, histories: dict[int, CropHistory], t: float,
+               mel: np.ndarray | None) -> dict[int, float]:
+        """One batched model call for every track with a full 5-frame window."""
+        if mel is None:
+            return {}
+        wcfg = self.config.window
+        ready = [(track.id, histories[track.id].window(t, wcfg.frames, wcfg.fps)) for track in tracks]
+        ready = [(tid, window) for tid, window in ready if window is not None]
+        if not ready:
+            return {}
+        scores = self.scorer.score(np.stack([window for _, window in ready]), mel)
+        return {tid: float(score) for (tid, _), score in zip(ready, scores)}
+
+    def _audio_start(self, source, ring: AudioRing) -> float:
+        """Timeline time of ring sample 0; a microphone sets it with its first block."""
+        deadline = time.monotonic() + self.config.audio.wait_timeout_s
+        while source.audio_start_s is None:
+            if ring.closed or time.monotonic() > deadline or self._stop.is_set():
+                raise RtdiarError("the microphone delivered no audio: check it is connected (--mic)")
+            time.sleep(0.005)
+        return source.audio_start_s
+
+
+class _AudioFeatures:
+    """Pulls new samples from the ring into the incremental mel and the VAD, in order."""
+
+    def __init__(self, cfg: Config, ring: AudioRing) -> None:
+        self.cfg = cfg
+        self.ring = ring
+        self.consumed = 0
+        sample_rate = cfg.audio.sample_rate
+        self.mel = MelBuffer(int(cfg.audio.ring_s * 80), sample_rate)
+        self.vad = VoiceActivity(sample_rate)
+        self._finished = False
+
+    def advance_to(self, end_sample: int, stop: threading.Event) -> None:
+        """Consume audio until `end_sample` is in, waiting for it if the source has not delivered it yet."""
+        while self.consumed < end_sample and not self._finished:
+            if not self.ring.wait_for(min(end_sample, self.consumed + 1), self.cfg.audio.wait_timeout_s):
+                if stop.is_set():
+                    return
+                raise RtdiarError("the audio stopped arriving: the microphone or file feeder stalled")
+            available = self.ring.written
+            if available > self.consumed:
+                block = self.ring.read(self.consumed, available)
+                self.mel.push(block)
+                self.vad.push(block)
+                self.consumed = available
+            elif self.ring.closed:
+                self.mel.finish()
+                self._finished = True
+
+    def mel_window(self, t_audio: float) -> np.ndarray | None:
+        """The 16 mel frames (0.2 s) aligned with the 5-frame window that ends at `t_audio`."""
+        wcfg = self.cfg.window
+        start = mel_start_index(float(window_times(t_audio, wcfg.frames, wcfg.fps)[0]))
+        return self.mel.window(start, wcfg.mel_frames) if start >= 0 else None
+
+    def speech(self, t_audio: float) -> bool:
+        wcfg = self.cfg.window
+        start_s = float(window_times(t_audio, wcfg.frames, wcfg.fps)[0])
+        prob = self.vad.speech_prob(start_s, start_s + wcfg.mel_frames / 80.0)
+        return prob is not None and prob >= self.cfg.decision.vad_threshold

@@ -1,0 +1,200 @@
+"""The SyncNet networks and their weights files; tensors in, tensors out, nothing about frames.
+
+`SyncNetColor` mirrors Wav2Lip's `SyncNet_color` layer for layer (same attribute names and
+order), so Wav2Lip's official `lipsync_expert.pth` loads into it unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from rtdiar.errors import RtdiarError
+
+MODULE_PREFIX = "module."  # what nn.DataParallel puts in front of every key
+
+
+class Conv2d(nn.Module):
+    """Wav2Lip's block: conv + batch norm (+ input, when residual) + ReLU."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int],
+        padding: int,
+        residual: bool = False,
+    ) -> None:
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.Conv2d(cin, cout, kernel_size, stride, padding),
+            nn.BatchNorm2d(cout),
+        )
+        self.act = nn.ReLU()
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv_block(x)
+        if self.residual:
+            out = out + x
+        return self.act(out)
+
+
+def _residual_stage(cin: int, cout: int, stride: int | tuple[int, int], kernel_size: int, repeats: int) -> list[Conv2d]:
+    """A strided block that changes the width, then `repeats` residual blocks at that width."""
+    blocks = [Conv2d(cin, cout, kernel_size, stride, padding=1)]
+    blocks += [Conv2d(cout, cout, 3, 1, 1, residual=True) for _ in range(repeats)]
+    return blocks
+
+
+class SyncNetColor(nn.Module):
+    """Wav2Lip's SyncNet_color: 5 stacked BGR lower-face crops vs 0.2 s of mel, as two 512-d unit vectors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # (B, 15, 48, 96) -> (B, 512, 1, 1)
+        self.face_encoder = nn.Sequential(
+            Conv2d(15, 32, kernel_size=7, stride=1, padding=3),
+            *_residual_stage(32, 64, stride=(1, 2), kernel_size=5, repeats=2),
+            *_residual_stage(64, 128, stride=2, kernel_size=3, repeats=3),
+            *_residual_stage(128, 256, stride=2, kernel_size=3, repeats=2),
+            *_residual_stage(256, 512, stride=2, kernel_size=3, repeats=2),
+            Conv2d(512, 512, kernel_size=3, stride=2, padding=1),
+            Conv2d(512, 512, kernel_size=3, stride=1, padding=0),
+            Conv2d(512, 512, kernel_size=1, stride=1, padding=0),
+        )
+        # (B, 1, 80, 16) -> (B, 512, 1, 1)
+        self.audio_encoder = nn.Sequential(
+            *_residual_stage(1, 32, stride=1, kernel_size=3, repeats=2),
+            *_residual_stage(32, 64, stride=(3, 1), kernel_size=3, repeats=2),
+            *_residual_stage(64, 128, stride=3, kernel_size=3, repeats=2),
+            *_residual_stage(128, 256, stride=(3, 2), kernel_size=3, repeats=2),
+            Conv2d(256, 512, kernel_size=3, stride=1, padding=0),
+            Conv2d(512, 512, kernel_size=1, stride=1, padding=0),
+        )
+
+    def embed_audio(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 80, 16) Wav2Lip-normalised mel -> (B, 512) unit vectors."""
+        return F.normalize(self.audio_encoder(audio).flatten(1), p=2, dim=1)
+
+    def embed_faces(self, faces: torch.Tensor) -> torch.Tensor:
+        """(B, 15, 48, 96) five BGR crops in [0, 1], stacked on channels -> (B, 512) unit vectors."""
+        return F.normalize(self.face_encoder(faces).flatten(1), p=2, dim=1)
+
+    def forward(self, audio: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.embed_audio(audio), self.embed_faces(faces)
+
+
+# Every network rtdiar can run, by the name used in configs and in weights metadata.
+ARCHS: dict[str, Callable[[], nn.Module]] = {
+    "wav2lip": SyncNetColor,
+}
+
+
+def build_model(arch: str) -> nn.Module:
+    """A fresh network of the named architecture, tagged with that name for load_weights' check."""
+    if arch not in ARCHS:
+        raise RtdiarError(f"unknown model arch '{arch}' (known: {', '.join(sorted(ARCHS))})")
+    model = ARCHS[arch]()
+    model.arch = arch
+    return model
+
+
+def _model_name(model: nn.Module) -> str:
+    return getattr(model, "arch", type(model).__name__)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            state = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise RtdiarError(f"cannot read weights {path}: {_first_line(exc)}") from None
+    return state, metadata
+
+
+def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Wav2Lip's checkpoint dict or a plain state_dict, unpickled with weights_only (no code runs)."""
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's own message advises weights_only=False: never here
+        raise RtdiarError(
+            f"cannot read weights {path}: not a file of plain tensors (corrupt, or it holds pickled code, never run)"
+        ) from None
+    except EOFError:
+        raise RtdiarError(f"cannot read weights {path}: the file is empty or cut short") from None
+    except Exception as exc:  # torch.load raises many unrelated types for a bad file
+        raise RtdiarError(f"cannot read weights {path}: {_first_line(exc)}") from None
+    metadata: dict[str, str] = {}
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
+        metadata = {key: str(loaded[key]) for key in ("global_step", "global_epoch") if key in loaded}
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, Mapping) or not loaded or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise RtdiarError(f"weights {path} hold no state_dict of tensors")
+    return dict(loaded), metadata
+
+
+def _strip_module_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if all(key.startswith(MODULE_PREFIX) for key in state):
+        return {key[len(MODULE_PREFIX) :]: value for key, value in state.items()}
+    return state
+
+
+def _check_fits(state: Mapping[str, torch.Tensor], model: nn.Module, path: Path) -> None:
+    """Name the first missing, mis-shaped or unexpected key, the way a user can act on it."""
+    expected = model.state_dict()
+    prefix = f"weights {path} do not fit model '{_model_name(model)}'"
+    missing = [key for key in expected if key not in state]
+    if missing:
+        raise RtdiarError(f"{prefix}: missing key {missing[0]} ({len(missing)} missing in all)")
+    for key, want in expected.items():
+        got = state[key]
+        if got.shape != want.shape:
+            raise RtdiarError(f"{prefix}: {key} is {list(got.shape)} in the file, {list(want.shape)} in the model")
+    unexpected = [key for key in state if key not in expected]
+    if unexpected:
+        raise RtdiarError(f"{prefix}: unexpected key {unexpected[0]} ({len(unexpected)} unexpected in all)")
+
+
+def load_weights(model: nn.Module, path: str | Path) -> dict[str, str]:
+    """Load Wav2Lip's checkpoint, a plain state_dict or rtdiar's safetensors into `model`; return the metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise RtdiarError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        state, metadata = _read_safetensors(path)
+        file_arch = metadata.get("arch")
+        model_arch = getattr(model, "arch", None)
+        if file_arch is not None and model_arch is not None and file_arch != model_arch:
+            raise RtdiarError(f"weights {path} are for model '{file_arch}', not '{model_arch}' (set model.arch: {file_arch})")
+    else:
+        state, metadata = _read_torch(path)
+    state = _strip_module_prefix(state)
+    _check_fits(state, model, path)
+    model.load_state_dict(state)
+    return metadata
+
+
+def save_weights(model: nn.Module, path: str | Path, arch: str, metadata: dict[str, str]) -> None:
+    """Write the weights as safetensors with `arch` in the metadata; atomic, so a crash leaves no half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    partial = path.with_name(path.name + ".partial")
+    save_file(state, str(partial), metadata={**metadata, "arch": arch})
+    os.replace(partial, path)

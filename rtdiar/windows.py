@@ -1,0 +1,80 @@
+"""Where a SyncNet window lies in time: its 5 video frames, its 16 mel frames, its last audio sample.
+
+A window ends at the current frame time `t_end` and spans 5 frames at 25 fps whatever the source
+rate (SyncNet was trained on 25 fps video), i.e. 0.2 s that match 16 mel frames at 80 Hz.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from rtdiar.config import WindowConfig
+
+MEL_FPS = 80.0  # Wav2Lip mel: hop 200 samples at 16 kHz
+MEL_WINDOW_S = 0.05  # 800-sample STFT window; frame m is centred on m / MEL_FPS
+
+
+def window_times(t_end: float, frames: int = 5, fps: float = 25.0) -> np.ndarray:
+    """The target times of the window's frames, oldest first, the last one being `t_end`."""
+    return t_end - (frames - 1 - np.arange(frames)) / fps
+
+
+def mel_start_index(t_start_s: float, mel_fps: float = MEL_FPS) -> int:
+    """The mel frame centred nearest to `t_start_s` (may be negative before the audio starts)."""
+    return int(np.floor(t_start_s * mel_fps + 0.5))  # halves round up, not to even
+
+
+def audio_end_sample(t_end: float, cfg_window: WindowConfig, sample_rate: int) -> int:
+    """The sample (exclusive) the window ending at `t_end` needs: its last mel frame's STFT window end.
+
+    Processing waits until the audio has reached it before scoring the window.
+    """
+    t_start_s = float(window_times(t_end, cfg_window.frames, cfg_window.fps)[0])
+    last_mel = mel_start_index(t_start_s) + cfg_window.mel_frames - 1
+    return int(round((last_mel / MEL_FPS + MEL_WINDOW_S / 2) * sample_rate))
+
+
+class CropHistory:
+    """One track's recent mouth crops with their frame times, to resample windows at 25 fps.
+
+    Keeps `keep_s` of crops: a window spans only 0.16 s, the rest lets a lagging scorer still
+    find its frames.
+    """
+
+    def __init__(self, keep_s: float = 1.5) -> None:
+        self.keep_s = keep_s
+        self._items: deque[tuple[float, np.ndarray]] = deque()
+
+    def add(self, t: float, crop: np.ndarray) -> None:
+        """Append the crop of the frame at time `t` (seconds, non-decreasing)."""
+        self._items.append((t, crop))
+        while self._items[0][0] < t - self.keep_s:
+            self._items.popleft()
+
+    def window(self, t_end: float, frames: int = 5, fps: float = 25.0,
+               tolerance_s: float | None = None) -> np.ndarray | None:
+        """`(frames, H, W, 3)` crops nearest to each target time, or None if any is not within tolerance.
+
+        The default tolerance is half the median spacing of the crops held, so it follows a 30,
+        29.97 or variable-rate source and frames dropped under load, and a missing frame is a gap;
+        but never less than half a window frame (finer than the 25 fps grid needs) nor more than a
+        whole one (a window of mostly repeated crops is no evidence of motion); plus 1 ms for
+        timestamp rounding.
+        """
+        if not self._items:
+            return None
+        times = np.array([t for t, _ in self._items])
+        if tolerance_s is None:
+            tolerance_s = self._default_tolerance_s(times, fps)
+        distance = np.abs(times[None, :] - window_times(t_end, frames, fps)[:, None])
+        nearest = distance.argmin(axis=1)
+        if np.any(distance[np.arange(frames), nearest] > tolerance_s):
+            return None
+        return np.stack([self._items[i][1] for i in nearest])
+
+    @staticmethod
+    def _default_tolerance_s(times: np.ndarray, fps: float) -> float:
+        spacing_s = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / fps
+        return min(0.5 * max(spacing_s, 1.0 / fps), 1.0 / fps) + 1e-3

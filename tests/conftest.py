@@ -1,0 +1,59 @@
+"""Shared fixtures: the real clips in ../shared (never copied into the repo) and the config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from rtdiar.config import Config, load_config
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # Qt tests run without a screen
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+DEV_WILD = SHARED / "data" / "dev" / "wild"
+WEIGHTS_FIXTURE = SHARED / "fixtures" / "wav2lip_lipsync_expert_state_dict_shapes.json"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared is not beside the checkout")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def dev_clip(shared_dir: Path) -> Path:
+    """A short real talking-face clip (25 fps, one face, speech)."""
+    return DEV_WILD / "pcavs_00067.mp4"
+
+
+@pytest.fixture
+def config() -> Config:
+    return load_config()
+
+
+@pytest.fixture(scope="session")
+def random_weights(tmp_path_factory) -> Path:
+    """Weights the tests initialise themselves: enough to exercise every path but the accuracy."""
+    import torch
+
+    from rtdiar.model import build_model, save_weights
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "random_wav2lip.safetensors"
+    save_weights(build_model("wav2lip"), path, "wav2lip", {"note": "random initialisation, tests only"})
+    return path
+
+
+def count_frames(path: Path) -> int:
+    """Frames in a video, counted by decoding (what a user would check with ffprobe -count_frames)."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    count = 0
+    while capture.grab():
+        count += 1
+    capture.release()
+    return count

@@ -1,0 +1,99 @@
+"""The whole engine on real clips from ../shared/data/dev, with a scorer double to check the wiring."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import pytest
+
+from conftest import DEV_WILD, SHARED, count_frames
+from rtdiar.engine import Diarizer
+from rtdiar.sources import FileSource
+
+
+class ConstantScorer:
+    """Scores every face window the same and records what the engine fed it."""
+
+    def __init__(self, value: float = 0.9) -> None:
+        self.value = value
+        self.calls: list[tuple[tuple, tuple]] = []
+
+    def score(self, windows: np.ndarray, mel: np.ndarray) -> np.ndarray:
+        self.calls.append((windows.shape, mel.shape))
+        assert windows.dtype == np.uint8 and mel.dtype == np.float32
+        return np.full(len(windows), self.value, dtype=np.float32)
+
+
+def _run(config, clip, pace="fast", scorer=None):
+    scorer = scorer or ConstantScorer()
+    source = FileSource(clip, None, pace, config.video, config.audio)
+    return list(Diarizer(config, scorer).run(source)), scorer
+
+
+def test_fast_mode_gives_every_frame_in_order_with_one_stable_face(config, dev_clip):
+    results, scorer = _run(config, dev_clip)
+    assert [r.frame for r in results] == list(range(count_frames(dev_clip)))
+    times = [r.t for r in results]
+    assert times[0] == 0.0 and all(b > a for a, b in zip(times, times[1:]))
+    assert times[1] == pytest.approx(0.04, abs=1e-3)
+    ids = {f.id for r in results for f in r.faces}
+    assert ids == {1}
+    assert sum(len(r.faces) == 1 for r in results) >= 0.9 * len(results)
+    # the model saw 5 lower-half crops per face and 0.2 s of mel, one batch per frame
+    assert scorer.calls and all(w[1:] == (5, 48, 96, 3) and m == (80, 16) for w, m in scorer.calls)
+
+
+def test_scores_wait_for_a_full_window_and_the_speaker_needs_speech(config, dev_clip):
+    results, _ = _run(config, dev_clip)
+    first_scored = next(i for i, r in enumerate(results) if r.faces and r.faces[0].score is not None)
+    assert first_scored >= config.tracker.min_hits - 1 + config.window.frames - 1
+    assert all(r.faces[0].score is None for r in results[:first_scored] if r.faces)
+    voiced = [r for r in results[first_scored:] if r.speech and r.faces]
+    assert len(voiced) > len(results) // 2  # a talking-head clip is mostly speech
+    # a constant 0.9 beats the threshold: the one face speaks whenever speech is heard (after the hold)
+    hold = int(config.decision.min_hold_s * 25) + 1
+    assert all(r.speaker == 1 for r in voiced[hold:] if r.speech)
+    for r in results:
+        assert all(f.speaking == (f.id == r.speaker) for f in r.faces)
+
+
+def test_low_scores_make_nobody_the_speaker(config, dev_clip):
+    results, _ = _run(config, dev_clip, scorer=ConstantScorer(0.1))
+    assert all(r.speaker is None for r in results)
+
+
+def test_stride_scores_every_nth_frame(config, dev_clip):
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, stride_frames=3))
+    results, scorer = _run(config, dev_clip)
+    scored = sum(any(f.raw_score is not None for f in r.faces) for r in results)
+    assert 0 < len(scorer.calls) == scored <= len(results) // 3 + 1
+    assert all(r.frame % 3 == 0 for r in results if any(f.raw_score is not None for f in r.faces))
+
+
+def test_realtime_pace_replays_at_the_clip_speed(config, dev_clip):
+    started = time.monotonic()
+    results, _ = _run(config, dev_clip, pace="realtime")
+    elapsed = time.monotonic() - started
+    assert elapsed >= results[-1].t  # paced: never faster than the clip
+    frames = [r.frame for r in results]
+    assert frames == sorted(set(frames))  # in order; frames may only be dropped, never repeated
+    assert all(r.latency_ms is not None and r.latency_ms > 0 for r in results)
+
+
+def test_thirty_fps_clip_is_windowed_at_25_fps(config):
+    clip = DEV_WILD / "w2l_input4_chaplin.mp4"
+    if not clip.exists():
+        pytest.skip("clip missing")
+    results, scorer = _run(config, clip)
+    assert len(results) == count_frames(clip)
+    assert results[1].t == pytest.approx(1 / 30, abs=1e-3)
+    assert scorer.calls
+
+
+def test_audio_is_aligned_on_stream_start_times(config):
+    """hamilton's video starts 0.85 s into the file and its audio at 0.01 s: ring sample 0 is at the first frame."""
+    clip = SHARED / "data" / "dev" / "multi" / "hamilton_two_faces_one_singer.mp4"
+    source = FileSource(clip, None, "fast", config.video, config.audio)
+    assert source.audio_offset_s == pytest.approx(0.852 - 0.008, abs=0.002)

@@ -1,0 +1,116 @@
+"""SyncScorer packs windows exactly like Wav2Lip, and batching never changes a score."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rtdiar.config import ModelConfig
+from rtdiar.errors import RtdiarError
+from rtdiar.inference import SyncScorer, load_scorer, resolve_device
+from rtdiar.model import build_model, save_weights
+
+
+@pytest.fixture(scope="module")
+def scorer() -> SyncScorer:
+    torch.manual_seed(0)
+    return SyncScorer(build_model("wav2lip"), torch.device("cpu"))
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+def random_windows(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.integers(0, 256, size=(n, 5, 48, 96, 3), dtype=np.uint8)
+
+
+def random_mel(rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(-4.0, 4.0, size=(80, 16)).astype(np.float32)
+
+
+def wav2lip_face_input(window: np.ndarray) -> torch.Tensor:
+    """Wav2Lip's own packing of one window: frames concatenated on the colour axis, HWC -> CHW, /255."""
+    stacked = np.concatenate(list(window), axis=2) / 255.0
+    return torch.from_numpy(stacked.transpose(2, 0, 1)).float().unsqueeze(0)
+
+
+def test_scores_are_one_cosine_per_window(scorer, rng):
+    scores = scorer.score(random_windows(rng, 4), random_mel(rng))
+    assert scores.shape == (4,)
+    assert scores.dtype == np.float32
+    assert np.all((scores >= -1.0) & (scores <= 1.0))
+
+
+def test_batch_scores_equal_model_called_per_face(scorer, rng):
+    windows, mel = random_windows(rng, 3), random_mel(rng)
+    batched = scorer.score(windows, mel)
+    audio = torch.from_numpy(mel).reshape(1, 1, 80, 16)
+    with torch.inference_mode():
+        single = []
+        for window in windows:
+            audio_emb, face_emb = scorer.model(audio, wav2lip_face_input(window))
+            single.append(torch.nn.functional.cosine_similarity(audio_emb, face_emb).item())
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+def test_empty_batch_gives_empty_scores(scorer, rng):
+    scores = scorer.score(np.zeros((0, 5, 48, 96, 3), dtype=np.uint8), random_mel(rng))
+    assert scores.shape == (0,)
+    assert scores.dtype == np.float32
+
+
+def test_identical_windows_get_identical_scores(scorer, rng):
+    window = random_windows(rng, 1)
+    windows = np.concatenate([window, random_windows(rng, 1), window])
+    scores = scorer.score(windows, random_mel(rng))
+    np.testing.assert_allclose(scores[0], scores[2], atol=1e-6)
+
+
+def test_score_follows_the_mel(scorer, rng):
+    windows = random_windows(rng, 2)
+    first = scorer.score(windows, random_mel(rng))
+    second = scorer.score(windows, random_mel(rng))
+    assert not np.allclose(first, second, atol=1e-4)
+
+
+def test_score_follows_frame_order(scorer, rng):
+    windows, mel = random_windows(rng, 1), random_mel(rng)
+    reversed_in_time = windows[:, ::-1]
+    assert not np.allclose(scorer.score(windows, mel), scorer.score(reversed_in_time, mel), atol=1e-5)
+
+
+def test_wrong_window_shape_is_refused(scorer, rng):
+    with pytest.raises(ValueError, match="windows"):
+        scorer.score(rng.integers(0, 256, size=(2, 5, 96, 96, 3), dtype=np.uint8), random_mel(rng))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_gpu_is_an_error():
+    with pytest.raises(RtdiarError, match="cuda"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_unknown_device_is_an_error():
+    with pytest.raises(RtdiarError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+
+
+def test_load_scorer_without_weights_says_how_to_get_them(tmp_path):
+    path = tmp_path / "absent.safetensors"
+    cfg = ModelConfig(arch="wav2lip", weights=str(path), device="cpu", stride_frames=1)
+    with pytest.raises(RtdiarError, match="no weights installed") as err:
+        load_scorer(cfg)
+    assert str(path) in str(err.value)
+    assert "rtdiar train" in str(err.value)
+
+
+def test_load_scorer_scores_like_the_saved_model(tmp_path, scorer, rng):
+    path = tmp_path / "syncnet.safetensors"
+    save_weights(scorer.model, path, "wav2lip", {})
+    loaded = load_scorer(ModelConfig(arch="wav2lip", weights=str(path), device="cpu", stride_frames=1))
+    windows, mel = random_windows(rng, 2), random_mel(rng)
+    np.testing.assert_array_equal(loaded.score(windows, mel), scorer.score(windows, mel))
