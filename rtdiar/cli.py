@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import queue
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -115,13 +116,16 @@ def _check_faces_dir(folder: Path, overwrite: bool) -> None:
         raise RtdiarError(f"{folder} already holds face videos; pass --overwrite to replace them")
 
 
-def _open_source(args: argparse.Namespace, config: Config):
+def _open_source(args: argparse.Namespace, config: Config, scratch: Path):
+    """The file or camera; a camera's sound is recorded in `scratch` when a video output needs it."""
     from rtdiar.sources import CameraSource, FileSource
 
     if args.video is not None:
         pace = args.pace or ("fast" if args.no_window else "realtime")
         return FileSource(args.video, args.audio, pace, config.video, config.audio)
-    return CameraSource(args.camera, args.mic, config.video, config.audio)
+    wants_sound = args.annotated is not None or args.save_faces is not None
+    return CameraSource(args.camera, args.mic, config.video, config.audio,
+                        record_to=scratch / "microphone.wav" if wants_sound else None)
 
 
 def _consume(results, sinks: list, display: queue.Queue | None) -> None:
@@ -178,20 +182,22 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     config = config_from_args(args)
     paths = _output_paths(args)
-    source = _open_source(args, config)
-    scorer = load_scorer(config.model)
-    sinks = _open_sinks(paths, config, source)
-    diarizer = Diarizer(config, scorer)
-    try:
-        if args.no_window:
-            _consume(diarizer.run(source), sinks, None)
-        else:
-            _run_with_window(diarizer, source, sinks, config, f"rtdiar — {source.name}")
-    except KeyboardInterrupt:
-        diarizer.stop()
-    finally:
-        for sink in sinks:
-            sink.close()
+    with tempfile.TemporaryDirectory(prefix="rtdiar-") as scratch:
+        source = _open_source(args, config, Path(scratch))
+        scorer = load_scorer(config.model)
+        sinks = _open_sinks(paths, config, source)
+        diarizer = Diarizer(config, scorer)
+        try:
+            if args.no_window:
+                _consume(diarizer.run(source), sinks, None)
+            else:
+                _run_with_window(diarizer, source, sinks, config, f"rtdiar — {source.name}")
+        except KeyboardInterrupt:
+            diarizer.stop()
+        finally:
+            source.close()  # also when the run never started; closing twice is harmless
+            for sink in sinks:
+                sink.close()
     stats = diarizer.stats()
     if stats["dropped"]:
         print(f"rtdiar: {stats['dropped']} frames dropped because processing fell behind", file=sys.stderr)

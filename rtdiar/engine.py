@@ -94,7 +94,6 @@ class Diarizer:
             self._stop.set()
             for thread in threads:
                 thread.join(timeout=5.0)
-            source.close()
 
     def _video_loop(self, source, frames: queue.Queue) -> None:
         try:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import soundfile
 
 from rtdiar.audio import AudioRing
 from rtdiar.config import AudioConfig, VideoConfig
@@ -142,7 +143,7 @@ class CameraSource:
     audio_offset_s = 0.0
 
     def __init__(self, camera: int | str, mic: int | str | None,
-                 video_cfg: VideoConfig, audio_cfg: AudioConfig) -> None:
+                 video_cfg: VideoConfig, audio_cfg: AudioConfig, record_to: Path | None = None) -> None:
         self.name = f"camera{camera}"
         self.mic = mic
         self.sample_rate = audio_cfg.sample_rate
@@ -156,7 +157,10 @@ class CameraSource:
         reported = self.capture.get(cv2.CAP_PROP_FPS)
         self.fps = reported if 1.0 <= reported <= 240.0 else video_cfg.fallback_fps
         self.audio_start_s: float | None = None  # set by the first microphone block
-        self.audio_path: Path | None = None
+        # what the microphone heard, as a WAV whose sample 0 is at t = 0, for the videos rtdiar writes
+        self.audio_path = record_to
+        self._recording = soundfile.SoundFile(record_to, "w", self.sample_rate, 1, "FLOAT") if record_to else None
+        self._recorded = 0  # ring samples handled by the recording (written or skipped)
         self.mic_overflows = 0
         self._t0 = time.monotonic()
 
@@ -196,15 +200,32 @@ class CameraSource:
             raise RtdiarError(f"cannot open microphone {self.mic or '(default)'}: {exc}") from None
         with stream:
             while not stop.wait(0.1):
+                self._record(ring)
                 waited = time.monotonic() - started
                 if waited > self.silence_timeout_s and loudest < 1e-5:
                     raise RtdiarError(
                         f"microphone {self.mic or '(default)'} delivered {'only silence' if ring.written else 'no audio'}"
                         f" for {self.silence_timeout_s:.0f} s: is it muted or the wrong device? (--mic)")
+        self._record(ring)
         ring.close()
+
+    def _record(self, ring: AudioRing) -> None:
+        """Append the ring's new samples to the recording, lined up so that its sample 0 is at t = 0."""
+        if self._recording is None or self.audio_start_s is None:
+            return
+        if self._recorded == 0 and self._recording.frames == 0:
+            lead = int(round(self.audio_start_s * self.sample_rate))
+            if lead > 0:
+                self._recording.write(np.zeros(lead, np.float32))
+            self._recorded = max(0, -lead)
+        if ring.written > self._recorded:
+            self._recording.write(ring.read(self._recorded, ring.written))
+            self._recorded = ring.written
 
     def close(self) -> None:
         self.capture.release()
+        if self._recording is not None:
+            self._recording.close()
 
 
 def _device(mic: int | str | None) -> int | str | None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -21,11 +25,13 @@ class FaceDetector:
     """
 
     def __init__(self, cfg: DetectorConfig) -> None:
-        import mediapipe as mp
-
         self.cfg = cfg
-        self._detector = mp.solutions.face_detection.FaceDetection(
-            model_selection=cfg.model_selection, min_detection_confidence=cfg.min_confidence)
+        with _native_stderr_silenced():  # TFLite and absl print start-up chatter no user needs
+            import mediapipe as mp
+
+            self._detector = mp.solutions.face_detection.FaceDetection(
+                model_selection=cfg.model_selection, min_detection_confidence=cfg.min_confidence)
+            self._detector.process(np.zeros((64, 64, 3), np.uint8))  # the chatter comes with the first run
 
     def detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Boxes `(N, 4)` float x1, y1, x2, y2 in `image_bgr` pixels and their scores `(N,)`."""
@@ -57,6 +63,20 @@ class FaceDetector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null for a moment: C++ libraries write there directly."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
