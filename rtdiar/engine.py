@@ -42,8 +42,10 @@ class _Rate:
         self._last: float | None = None
 
     def tick(self, now: float) -> None:
+        """Count one event at `now` (time.monotonic()): an exponential average of the instant rate."""
         if self._last is not None and now > self._last:
-            self.per_s = 0.9 * self.per_s + 0.1 / (now - self._last) if self.per_s else 1.0 / (now - self._last)
+            instant = 1.0 / (now - self._last)
+            self.per_s = instant if self.per_s == 0.0 else 0.9 * self.per_s + 0.1 * instant
         self._last = now
 
 
@@ -146,7 +148,9 @@ class Diarizer:
                     histories.pop(ended, None)
                     smoother.forget(ended)
                 for track in tracks:
-                    histories.setdefault(track.id, CropHistory()).add(
+                    if track.id not in histories:
+                        histories[track.id] = CropHistory()
+                    histories[track.id].add(
                         frame.t, crop_mouth_region(frame.image, track.box, cfg.tracker, cfg.window.crop_px))
                 t_audio = frame.t - self._audio_start(source, ring)
                 stream.advance_to(audio_end_sample(t_audio, cfg.window, cfg.audio.sample_rate), self._stop)
