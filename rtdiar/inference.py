@@ -76,8 +76,8 @@ def load_scorer(cfg: ModelConfig) -> SyncScorer:
     path = cfg.weights_path()
     if not path.exists():
         raise RtdiarError(
-            f"no weights installed at {path}: train them with `rtdiar train` "
-            "or pass --weights lipsync_expert.pth (Wav2Lip's SyncNet expert)"
+            f"no weights installed at {path}: rtdiar's own trained weights do not ship yet; "
+            "pass --weights FILE (Wav2Lip's lipsync_expert.pth or an rtdiar .safetensors)"
         )
     device = resolve_device(cfg.device)
     model = build_model(cfg.arch)

@@ -105,7 +105,7 @@ def test_load_scorer_without_weights_says_how_to_get_them(tmp_path):
     with pytest.raises(RtdiarError, match="no weights installed") as err:
         load_scorer(cfg)
     assert str(path) in str(err.value)
-    assert "rtdiar train" in str(err.value)
+    assert "--weights" in str(err.value)
 
 
 def test_load_scorer_scores_like_the_saved_model(tmp_path, scorer, rng):
