@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import queue
 import sys
 import tempfile
@@ -78,6 +79,15 @@ def _check_args(args: argparse.Namespace) -> None:
         raise RtdiarError("--audio goes with --video; the camera's sound comes from --mic")
     if args.video is None and args.pace is not None:
         raise RtdiarError("--pace goes with --video; a camera is always live")
+    if not args.no_window and not _has_display():
+        raise RtdiarError("no display to open the window on: pass --no-window, or run on a desktop (or under xvfb-run)")
+
+
+def _has_display() -> bool:
+    """Qt aborts the process without a display, so say it first (QT_QPA_PLATFORM=offscreen counts as one)."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return any(os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"))
 
 
 def _output_paths(args: argparse.Namespace) -> dict[str, Path]:

@@ -155,3 +155,10 @@ def test_errors_reach_the_shell_as_one_line_and_status_2(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("rtdiar: error:") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_window_without_a_display(capsys, monkeypatch, dev_clip, random_weights):
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["--video", str(dev_clip), "--weights", str(random_weights)]) == 2
+    assert "--no-window" in _error_line(capsys)
