@@ -128,7 +128,7 @@ class _AudioInput:
 
 
 class _VideoEncoder:
-    """One ffmpeg process encoding BGR frames piped at `fps` (plus optional audio) into `path`.
+    """One ffmpeg process encoding BGR frames piped at `fps` into `path`; the audio is added on finish.
 
     Frames are placed on the output timeline by their time, the first one at 0: a frame dropped
     upstream is filled by repeating the previous one, so the video stays in sync with its audio.
@@ -165,8 +165,10 @@ class _VideoEncoder:
         self._proc.stdin.close()
         if self._proc.wait() != 0:
             self._fail()
-        os.replace(self._temp, self.path)
         self._release()
+        if self.audio is not None:
+            self._mux_audio()
+        os.replace(self._temp, self.path)
 
     def _start(self, t0_s: float, shape: tuple[int, ...]) -> None:
         self._t0_s = t0_s
@@ -191,12 +193,27 @@ class _VideoEncoder:
         width, height = self._size
         cmd = [require_tool("ffmpeg"), "-nostdin", "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "bgr24",
                "-s", f"{width}x{height}", "-framerate", repr(self.fps), "-i", "pipe:0"]
-        if self.audio is not None:
-            audio_input, audio_filter = self.audio.ffmpeg_args(self._t0_s)
-            cmd += [*audio_input, "-map", "0:v", "-map", "1:a:0?", "-c:a", "aac", "-af", audio_filter, "-shortest"]
         # yuv420p needs an even width and height: pad by one pixel where odd
         return [*cmd, "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", "veryfast",
                 "-pix_fmt", "yuv420p"]
+
+    def _mux_audio(self) -> None:
+        """Second pass: copy the video and add the audio lined up with it.
+
+        The audio file is read only now, when it is complete: a camera's recording grows during the run.
+        """
+        audio_input, audio_filter = self.audio.ffmpeg_args(self._t0_s)
+        muxed = self._temp.with_suffix(f".mux{self.path.suffix}")
+        cmd = [require_tool("ffmpeg"), "-nostdin", "-y", "-v", "error", "-i", str(self._temp), *audio_input,
+               "-map", "0:v", "-map", "1:a:0?", "-c:v", "copy", "-c:a", "aac", "-af", audio_filter,
+               "-shortest", str(muxed)]
+        proc = subprocess.run(cmd, capture_output=True, start_new_session=True)
+        if proc.returncode != 0:
+            self._temp.unlink(missing_ok=True)
+            muxed.unlink(missing_ok=True)
+            lines = proc.stderr.decode(errors="replace").strip().splitlines()
+            raise RtdiarError(f"ffmpeg could not add the audio to {self.path}: {lines[-1] if lines else 'unknown error'}")
+        os.replace(muxed, self._temp)
 
     def _pipe(self, frames: list[bytes]) -> None:
         if self._proc is None:  # ffmpeg already failed, and that was reported
