@@ -161,6 +161,7 @@ class CameraSource:
         self.audio_path = record_to
         self._recording = soundfile.SoundFile(record_to, "w", self.sample_rate, 1, "FLOAT") if record_to else None
         self._recorded = 0  # ring samples handled by the recording (written or skipped)
+        self._lined_up = False  # the silence or skip that puts the recording's sample 0 at t = 0 is done
         self.mic_overflows = 0
         self._t0 = time.monotonic()
 
@@ -213,11 +214,12 @@ class CameraSource:
         """Append the ring's new samples to the recording, lined up so that its sample 0 is at t = 0."""
         if self._recording is None or self.audio_start_s is None:
             return
-        if self._recorded == 0 and self._recording.frames == 0:
+        if not self._lined_up:
             lead = int(round(self.audio_start_s * self.sample_rate))
             if lead > 0:
                 self._recording.write(np.zeros(lead, np.float32))
             self._recorded = max(0, -lead)
+            self._lined_up = True
         if ring.written > self._recorded:
             self._recording.write(ring.read(self._recorded, ring.written))
             self._recorded = ring.written
