@@ -21,6 +21,11 @@ sync with the voice (a SyncNet lip-sync expert on every tracked face).
   rtdiar --camera 0                                  live window: webcam + default microphone
   rtdiar --video talk.mp4                            replay a file in real time in the window
   rtdiar --video talk.mp4 --no-window --jsonl out.jsonl --rttm out.rttm --annotated out.mp4 --plot out.png
+
+other commands (each has --help):
+  rtdiar offset FILE [--json] [--fix OUT]           audio-video offset of a clip and its confidence
+  rtdiar train                                       train the lip-sync expert (configs/train.yaml)
+  rtdiar evaluate                                    the model's figures on unseen people (../shared/data/dev)
 """
 
 
@@ -47,15 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--save-faces", metavar="DIR", type=Path, help="one cropped video per face track (face<id>.mp4)")
     out.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
 
-    tune = parser.add_argument_group("settings (defaults in configs/default.yaml)")
-    tune.add_argument("--config", metavar="FILE", type=Path, help="YAML file overriding configs/default.yaml")
-    tune.add_argument("--weights", metavar="FILE", help="model weights: rtdiar's .safetensors or Wav2Lip's lipsync_expert.pth")
-    tune.add_argument("--arch", metavar="NAME", help="model architecture of the weights (default: wav2lip)")
-    tune.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the model runs (auto: CUDA if available)")
+    tune = add_model_arguments(parser)
     tune.add_argument("--stride", metavar="N", type=int, help="score every N frames (the decision reuses the last scores between)")
     tune.add_argument("--smooth", metavar="WINDOWS", type=int, help="causal moving average length, in scored windows")
     tune.add_argument("--threshold", metavar="SCORE", type=float, help="smoothed score a face needs to become the speaker")
     return parser
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """--config and the model flags, shared by every command that scores."""
+    tune = parser.add_argument_group("settings (defaults in configs/default.yaml)")
+    tune.add_argument("--config", metavar="FILE", type=Path, help="YAML file overriding configs/default.yaml")
+    tune.add_argument("--weights", metavar="FILE", help="model weights: rtdiar's .safetensors or Wav2Lip's lipsync_expert.pth")
+    tune.add_argument("--arch", metavar="NAME",
+                      help="model architecture (default: configs/default.yaml, or what an rtdiar weights file names)")
+    tune.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the model runs (auto: CUDA if available)")
+    return tune
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -64,9 +76,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "model.weights": args.weights,
         "model.arch": args.arch,
         "model.device": args.device,
-        "model.stride_frames": args.stride,
-        "decision.smooth_windows": args.smooth,
-        "decision.threshold": args.threshold,
+        "model.stride_frames": getattr(args, "stride", None),
+        "decision.smooth_windows": getattr(args, "smooth", None),
+        "decision.threshold": getattr(args, "threshold", None),
     })
 
 
@@ -214,11 +226,110 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_parser(name: str, description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=f"rtdiar {name}", description=description)
+
+
+def build_offset_parser() -> argparse.ArgumentParser:
+    parser = _command_parser(
+        "offset", "The audio-video offset of a clip and its confidence (SyncNet's use of the model). "
+                    "A positive offset means the sound comes later than the lips.")
+    parser.add_argument("file", type=Path, metavar="FILE", help="video file with its sound")
+    parser.add_argument("--max-shift", metavar="FRAMES", type=int, default=15,
+                        help="search audio shifts of up to this many 25 fps frames either way (default 15)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
+    parser.add_argument("--fix", metavar="OUT", type=Path, help="write a copy of FILE with the audio moved into sync")
+    parser.add_argument("--overwrite", action="store_true", help="replace --fix OUT if it exists")
+    add_model_arguments(parser)
+    return parser
+
+
+def offset(args: argparse.Namespace) -> int:
+    """`rtdiar offset`: measure (and optionally repair) a clip's audio-video offset."""
+    import json
+
+    from rtdiar.inference import load_scorer
+    from rtdiar.offset import analyse_clip, write_fixed
+    from rtdiar.outputs import check_output_path
+
+    if args.max_shift < 1:
+        raise RtdiarError("--max-shift must be at least 1")
+    out = check_output_path(args.fix, args.overwrite, [args.file]) if args.fix is not None else None
+    config = config_from_args(args)
+    result = analyse_clip(args.file, config, load_scorer(config.model), args.max_shift)
+    print(json.dumps(result.to_json()) if args.json else result.describe())
+    if out is not None:
+        write_fixed(args.file, result.offset_ms / 1000.0, out)
+    return 0
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    parser = _command_parser(
+        "train", "Train rtdiar's lip-sync expert, self-supervised, on in-sync talking-face clips.")
+    parser.add_argument("--train-config", metavar="FILE", type=Path,
+                        help="training recipe (default: configs/train.yaml)")
+    parser.add_argument("--out", metavar="PATH.safetensors", type=Path, help="where the best weights go")
+    parser.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--config", metavar="FILE", type=Path, help="run-time config (detector, crop, mel) overriding configs/default.yaml")
+    return parser
+
+
+def train(args: argparse.Namespace) -> int:
+    """`rtdiar train`: prepare the clips (cached), then train with validation on unseen people."""
+    from rtdiar.training import load_train_config, train_model
+
+    recipe = load_train_config(args.train_config)
+    train_model(recipe, load_config(args.config), out=args.out, resume=args.resume, overwrite=args.overwrite)
+    return 0
+
+
+def build_evaluate_parser() -> argparse.ArgumentParser:
+    parser = _command_parser(
+        "evaluate", "The lip-sync figures on unseen people (../shared/data/dev): window AUC, clip offset, "
+                    "two faces one voice, and the singer in hamilton.")
+    parser.add_argument("--data", metavar="DIR", type=Path, help="dev folder (default: ../shared/data/dev beside the project)")
+    parser.add_argument("--cache", metavar="DIR", type=Path, help="prepared-clip cache (default: ~/.cache/rtdiar/prepared)")
+    parser.add_argument("--json", metavar="PATH", type=Path, help="also write the figures as JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace --json PATH if it exists")
+    add_model_arguments(parser)
+    return parser
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """`rtdiar evaluate`: print the figures the model is judged by."""
+    import json
+
+    from rtdiar.evaluate import evaluate_model, format_report
+    from rtdiar.inference import load_scorer
+    from rtdiar.outputs import check_output_path
+
+    out = check_output_path(args.json, args.overwrite, []) if args.json is not None else None
+    config = config_from_args(args)
+    figures = evaluate_model(config, load_scorer(config.model), data_dir=args.data, cache_dir=args.cache)
+    print(format_report(figures))
+    if out is not None:
+        out.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+# `rtdiar NAME ...` runs a command; anything else is the main job (`rtdiar --camera 0`).
+COMMANDS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {
+    "offset": (build_offset_parser, offset),
+    "train": (build_train_parser, train),
+    "evaluate": (build_evaluate_parser, evaluate),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: every user-facing error is one line on stderr and exit status 2."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parse, command = build_parser, run
+    if argv and argv[0] in COMMANDS:
+        (parse, command), argv = COMMANDS[argv[0]], argv[1:]
+    args = parse().parse_args(argv)
     try:
-        return run(args)
+        return command(args)
     except RtdiarError as exc:
         print(f"rtdiar: error: {exc}", file=sys.stderr)
         return 2

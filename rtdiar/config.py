@@ -101,7 +101,7 @@ class Config:
     ui: UIConfig
 
 
-def _merge(base: dict, overlay: dict, where: str) -> dict:
+def merge_settings(base: dict, overlay: dict, where: str) -> dict:
     """Deep-merge `overlay` into `base`, refusing keys the defaults do not know (typos)."""
     out = dict(base)
     for key, value in overlay.items():
@@ -110,13 +110,13 @@ def _merge(base: dict, overlay: dict, where: str) -> dict:
         if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise RtdiarError(f"config key '{where}{key}' must be a mapping")
-            out[key] = _merge(base[key], value, f"{where}{key}.")
+            out[key] = merge_settings(base[key], value, f"{where}{key}.")
         else:
             out[key] = value
     return out
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -130,7 +130,7 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _build(cls: type, data: dict, where: str) -> Any:
+def build_section(cls: type, data: dict, where: str) -> Any:
     """One config section as its dataclass, with YAML ints widened to floats where floats are due."""
     obj = cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
     for f in dataclasses.fields(cls):
@@ -157,14 +157,14 @@ _SECTIONS = {
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the user's YAML file, then dotted overrides such as {"model.device": "cpu"}."""
-    data = _read_yaml(DEFAULT_CONFIG)
+    data = read_yaml(DEFAULT_CONFIG)
     if path is not None:
-        data = _merge(data, _read_yaml(Path(path)), "")
+        data = merge_settings(data, read_yaml(Path(path)), "")
     nested: dict = {}
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
         section, _, key = dotted.partition(".")
         nested.setdefault(section, {})[key] = value
-    data = _merge(data, nested, "")
-    return Config(**{name: _build(cls, data[name], f"{name}.") for name, cls in _SECTIONS.items()})
+    data = merge_settings(data, nested, "")
+    return Config(**{name: build_section(cls, data[name], f"{name}.") for name, cls in _SECTIONS.items()})

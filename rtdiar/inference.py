@@ -9,7 +9,7 @@ from torch import nn
 
 from rtdiar.config import ModelConfig
 from rtdiar.errors import RtdiarError
-from rtdiar.model import build_model, load_weights
+from rtdiar.model import build_model, load_weights, weights_arch
 
 WINDOW_SHAPE = (5, 48, 96, 3)  # frames, height, width, BGR
 MEL_SHAPE = (80, 16)  # mel bands, 80 Hz frames (0.2 s)
@@ -34,6 +34,14 @@ def resolve_device(name: str) -> torch.device:
     raise RtdiarError(f"unknown device '{name}' (auto, cpu, cuda or cuda:N)")
 
 
+def pack_faces(crops: torch.Tensor) -> torch.Tensor:
+    """(N, 5, 48, 96, 3) uint8 BGR -> (N, 15, 48, 96) float in [0, 1]: as Wav2Lip, the 5 frames
+    concatenated on the channel axis. Training packs with this too, so both see the same tensor."""
+    n, frames, height, width, colours = crops.shape
+    stacked = crops.permute(0, 1, 4, 2, 3).reshape(n, frames * colours, height, width)
+    return stacked.float() / 255.0
+
+
 class SyncScorer:
     """Sync score of every face window against one mel window: one audio pass, one batch of faces."""
 
@@ -56,30 +64,50 @@ class SyncScorer:
             scores = F.cosine_similarity(face_emb, audio_emb, dim=1)
         return scores.float().cpu().numpy()
 
-    def _pack_faces(self, windows: np.ndarray) -> torch.Tensor:
-        """As Wav2Lip: the 5 BGR frames concatenated on the channel axis (15 x 48 x 96), scaled to [0, 1].
+    def face_embeddings(self, windows: np.ndarray, batch: int = 256) -> np.ndarray:
+        """(N, 5, 48, 96, 3) uint8 crops -> (N, D) float32 unit vectors, for scoring many pairings at once
+        (offset search, evaluation): the cosine of two embeddings is what `score` returns."""
+        with torch.inference_mode():
+            parts = [self.model.embed_faces(self._pack_faces(windows[i:i + batch])).float().cpu()
+                     for i in range(0, len(windows), batch)]
+        return torch.cat(parts).numpy() if parts else np.zeros((0, 0), np.float32)
 
-        The uint8 crops go to the device as they are (4x less to copy) and become float there.
-        """
-        crops = torch.from_numpy(np.ascontiguousarray(windows)).to(self.device)
-        n, frames, height, width, colours = crops.shape
-        stacked = crops.permute(0, 1, 4, 2, 3).reshape(n, frames * colours, height, width)
-        return stacked.float() / 255.0
+    def audio_embeddings(self, mels: np.ndarray, batch: int = 1024) -> np.ndarray:
+        """(M, 80, 16) mel windows -> (M, D) float32 unit vectors."""
+        with torch.inference_mode():
+            parts = [self.model.embed_audio(self._pack_mels(mels[i:i + batch])).float().cpu()
+                     for i in range(0, len(mels), batch)]
+        return torch.cat(parts).numpy() if parts else np.zeros((0, 0), np.float32)
+
+    def _pack_faces(self, windows: np.ndarray) -> torch.Tensor:
+        # the uint8 crops go to the device as they are (4x less to copy) and become float there
+        return pack_faces(torch.from_numpy(np.ascontiguousarray(windows)).to(self.device))
 
     def _pack_mel(self, mel: np.ndarray) -> torch.Tensor:
-        mel32 = np.ascontiguousarray(mel, dtype=np.float32)
-        return torch.from_numpy(mel32).to(self.device).reshape(1, 1, *MEL_SHAPE)
+        return self._pack_mels(mel[None])
+
+    def _pack_mels(self, mels: np.ndarray) -> torch.Tensor:
+        mel32 = np.ascontiguousarray(mels, dtype=np.float32)
+        return torch.from_numpy(mel32).to(self.device).reshape(-1, 1, *MEL_SHAPE)
 
 
 def load_scorer(cfg: ModelConfig) -> SyncScorer:
-    """The configured network with its weights, on the configured device, ready to score."""
-    path = cfg.weights_path()
-    if not path.exists():
-        raise RtdiarError(
-            f"no weights installed at {path}: rtdiar's own trained weights do not ship yet; "
-            "pass --weights FILE (Wav2Lip's lipsync_expert.pth or an rtdiar .safetensors)"
-        )
+    """The configured network with its weights, on the configured device, ready to score.
+
+    Arch `auto` takes the architecture an rtdiar weights file names, else Wav2Lip's (whose
+    checkpoint names none).
+    """
     device = resolve_device(cfg.device)
-    model = build_model(cfg.arch)
+    path = cfg.weights_path()
+    arch = cfg.arch
+    if arch == "auto":
+        if not path.exists():
+            raise RtdiarError(f"no weights at {path}: pass --weights FILE (an rtdiar .safetensors or Wav2Lip's lipsync_expert.pth)")
+        arch = weights_arch(path) or "wav2lip"
+    model = build_model(arch)
+    if not any(True for _ in model.parameters()):
+        return SyncScorer(model, device)  # a training-free scorer has nothing to load
+    if not path.exists():
+        raise RtdiarError(f"no weights at {path}: pass --weights FILE (an rtdiar .safetensors or Wav2Lip's lipsync_expert.pth)")
     load_weights(model, path)
     return SyncScorer(model, device)

@@ -17,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from rtdiar.baseline import EnergyBaseline
 from rtdiar.errors import RtdiarError
 
 MODULE_PREFIX = "module."  # what nn.DataParallel puts in front of every key
@@ -94,9 +95,80 @@ class SyncNetColor(nn.Module):
         return self.embed_audio(audio), self.embed_faces(faces)
 
 
+def _conv_bn(cin: int, cout: int, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] = 1,
+             padding: int | tuple[int, int] = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel_size, stride, padding, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+# BGR -> luma weights (ITU-R BT.601), as OpenCV's COLOR_BGR2GRAY
+_LUMA_BGR = (0.114, 0.587, 0.299)
+
+
+def lip_motion(faces: torch.Tensor, frames: int = 5, eps: float = 0.02) -> torch.Tensor:
+    """(B, 3*frames, H, W) stacked BGR crops -> (B, frames, H, W) grey frames minus their window mean,
+    scaled to unit RMS.
+
+    What stays is what *changes* within the 0.2 s: the lips (and any head motion), not the face's
+    colour, skin, beard or lighting, which a model trained on ~100 people would otherwise learn as
+    identity. `eps` keeps a still, noise-free window from being blown up to full scale.
+    """
+    b, _, h, w = faces.shape
+    bgr = faces.reshape(b, frames, 3, h, w)
+    weights = faces.new_tensor(_LUMA_BGR).reshape(1, 1, 3, 1, 1)
+    grey = (bgr * weights).sum(dim=2)
+    motion = grey - grey.mean(dim=1, keepdim=True)
+    rms = motion.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
+    return motion / (rms + eps)
+
+
+class CompactSyncNet(nn.Module):
+    """rtdiar's own lip-sync expert: the lip *motion* of 5 frames vs 0.2 s of mel, 1.6 M parameters.
+
+    Same inputs as SyncNet_color (15 x 48 x 96 BGR in [0, 1], 80 x 16 mel) so the engine feeds
+    either unchanged, but the face tower sees only `lip_motion` (identity removed) at about a
+    twentieth of the compute. Embeddings are unit vectors; their cosine is the sync score.
+    """
+
+    def __init__(self, embed_dim: int = 128) -> None:
+        super().__init__()
+        self.face_encoder = nn.Sequential(  # (B, 5, 48, 96)
+            _conv_bn(5, 32, 5, stride=2, padding=2),  # 24 x 48
+            _conv_bn(32, 48, 3, stride=(1, 2)),  # 24 x 24
+            _conv_bn(48, 64, 3, stride=2),  # 12 x 12
+            _conv_bn(64, 64, 3),
+            _conv_bn(64, 128, 3, stride=2),  # 6 x 6
+            _conv_bn(128, 128, 3),
+            _conv_bn(128, 256, 3, stride=2),  # 3 x 3
+            _conv_bn(256, 256, 3, padding=0),  # 1 x 1
+        )
+        self.face_head = nn.Linear(256, embed_dim)
+        self.audio_encoder = nn.Sequential(  # (B, 1, 80, 16)
+            _conv_bn(1, 32, 3, stride=(2, 1)),  # 40 x 16
+            _conv_bn(32, 64, 3, stride=(2, 1)),  # 20 x 16
+            _conv_bn(64, 64, 3, stride=2),  # 10 x 8
+            _conv_bn(64, 128, 3, stride=2),  # 5 x 4
+            _conv_bn(128, 256, (5, 4), padding=0),  # 1 x 1
+        )
+        self.audio_head = nn.Linear(256, embed_dim)
+
+    def embed_audio(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 80, 16) Wav2Lip-normalised mel -> (B, embed_dim) unit vectors."""
+        return F.normalize(self.audio_head(self.audio_encoder(audio).flatten(1)), dim=1)
+
+    def embed_faces(self, faces: torch.Tensor) -> torch.Tensor:
+        """(B, 15, 48, 96) five BGR crops in [0, 1], stacked on channels -> (B, embed_dim) unit vectors."""
+        return F.normalize(self.face_head(self.face_encoder(lip_motion(faces)).flatten(1)), dim=1)
+
+    def forward(self, audio: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.embed_audio(audio), self.embed_faces(faces)
+
+
 # Every network rtdiar can run, by the name used in configs and in weights metadata.
 ARCHS: dict[str, Callable[[], nn.Module]] = {
     "wav2lip": SyncNetColor,
+    "compact": CompactSyncNet,
+    "baseline": EnergyBaseline,  # training-free: lip opening vs loudness, the floor to beat
 }
 
 
@@ -169,6 +241,18 @@ def _check_fits(state: Mapping[str, torch.Tensor], model: nn.Module, path: Path)
     unexpected = [key for key in state if key not in expected]
     if unexpected:
         raise RtdiarError(f"{prefix}: unexpected key {unexpected[0]} ({len(unexpected)} unexpected in all)")
+
+
+def weights_arch(path: str | Path) -> str | None:
+    """The architecture an rtdiar .safetensors file was saved for; None for other files."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return None
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return (f.metadata() or {}).get("arch")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise RtdiarError(f"cannot read weights {path}: {_first_line(exc)}") from None
 
 
 def load_weights(model: nn.Module, path: str | Path) -> dict[str, str]:

@@ -93,10 +93,13 @@ class FileSource:
         finally:
             capture.release()
 
+    def aligned_audio(self) -> np.ndarray:
+        """The whole sound track as 16 kHz mono float32, sample 0 at the first video frame (t = 0)."""
+        return _align(decode_audio(self.audio_info.path, self.sample_rate), self.audio_offset_s, self.sample_rate)
+
     def feed_audio(self, ring: AudioRing, stop: threading.Event, backlog: Callable[[], int]) -> None:
         """Write the audio in blocks: at wall-clock pace, or as fast as the consumer keeps up."""
-        samples = _align(decode_audio(self.audio_info.path, self.sample_rate),
-                         self.audio_offset_s, self.sample_rate)
+        samples = self.aligned_audio()
         max_backlog = ring.capacity_samples // 2  # fast feeders keep at most half the ring unread
         for start in range(0, len(samples), self.block_samples):
             block = samples[start:start + self.block_samples]

@@ -55,26 +55,32 @@ class CropHistory:
 
     def window(self, t_end: float, frames: int = 5, fps: float = 25.0,
                tolerance_s: float | None = None) -> np.ndarray | None:
-        """`(frames, H, W, 3)` crops nearest to each target time, or None if any is not within tolerance.
-
-        The default tolerance is half the median spacing of the crops held, so it follows a 30,
-        29.97 or variable-rate source and frames dropped under load, and a missing frame is a gap;
-        but never less than half a window frame (finer than the 25 fps grid needs) nor more than a
-        whole one (a window of mostly repeated crops is no evidence of motion); plus 1 ms for
-        timestamp rounding.
-        """
+        """`(frames, H, W, 3)` crops nearest to each target time, or None if any is not within
+        tolerance (see `nearest_frames`)."""
         if not self._items:
             return None
         times = np.array([t for t, _ in self._items])
-        if tolerance_s is None:
-            tolerance_s = self._default_tolerance_s(times, fps)
-        distance = np.abs(times[None, :] - window_times(t_end, frames, fps)[:, None])
-        nearest = distance.argmin(axis=1)
-        if np.any(distance[np.arange(frames), nearest] > tolerance_s):
+        nearest = nearest_frames(times, window_times(t_end, frames, fps), fps, tolerance_s)
+        if np.any(nearest < 0):
             return None
         return np.stack([self._items[i][1] for i in nearest])
 
-    @staticmethod
-    def _default_tolerance_s(times: np.ndarray, fps: float) -> float:
+
+def nearest_frames(times: np.ndarray, targets: np.ndarray, fps: float = 25.0,
+                   tolerance_s: float | None = None) -> np.ndarray:
+    """Index of the frame time nearest each target time, or -1 where none lies within tolerance.
+
+    The default tolerance is half the median spacing of `times`, so it follows a 30, 29.97 or
+    variable-rate source and frames dropped under load, and a missing frame is a gap; but never
+    less than half a target frame (finer than the `fps` grid needs) nor more than a whole one (a
+    window of mostly repeated crops is no evidence of motion); plus 1 ms for timestamp rounding.
+    Training data is resampled to 25 fps with this same rule, so it matches live windows.
+    """
+    if tolerance_s is None:
         spacing_s = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / fps
-        return min(0.5 * max(spacing_s, 1.0 / fps), 1.0 / fps) + 1e-3
+        tolerance_s = min(0.5 * max(spacing_s, 1.0 / fps), 1.0 / fps) + 1e-3
+    position = np.clip(np.searchsorted(times, targets), 1, max(len(times) - 1, 1))
+    before = np.clip(position - 1, 0, len(times) - 1)
+    after = np.clip(position, 0, len(times) - 1)
+    nearest = np.where(np.abs(times[before] - targets) <= np.abs(times[after] - targets), before, after)
+    return np.where(np.abs(times[nearest] - targets) <= tolerance_s, nearest, -1)

@@ -97,10 +97,10 @@ def test_separate_audio_file_is_used(tmp_path, dev_clip, random_weights):
     assert len(jsonl.read_text().splitlines()) == count_frames(dev_clip)
 
 
-def test_no_weights_installed(capsys, tmp_path, dev_clip):
+def test_missing_weights_file(capsys, tmp_path, dev_clip):
     assert main(["--video", str(dev_clip), "--no-window", "--weights", str(tmp_path / "none.safetensors")]) == 2
     err = _error_line(capsys)
-    assert "no weights installed" in err and "--weights" in err
+    assert "no weights at" in err and "--weights" in err
 
 
 def test_weights_of_the_wrong_shape(capsys, tmp_path, dev_clip):

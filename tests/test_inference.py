@@ -102,7 +102,7 @@ def test_unknown_device_is_an_error():
 def test_load_scorer_without_weights_says_how_to_get_them(tmp_path):
     path = tmp_path / "absent.safetensors"
     cfg = ModelConfig(arch="wav2lip", weights=str(path), device="cpu", stride_frames=1)
-    with pytest.raises(RtdiarError, match="no weights installed") as err:
+    with pytest.raises(RtdiarError, match="no weights at") as err:
         load_scorer(cfg)
     assert str(path) in str(err.value)
     assert "--weights" in str(err.value)
@@ -114,3 +114,20 @@ def test_load_scorer_scores_like_the_saved_model(tmp_path, scorer, rng):
     loaded = load_scorer(ModelConfig(arch="wav2lip", weights=str(path), device="cpu", stride_frames=1))
     windows, mel = random_windows(rng, 2), random_mel(rng)
     np.testing.assert_array_equal(loaded.score(windows, mel), scorer.score(windows, mel))
+
+
+def test_auto_arch_follows_the_weights_file(tmp_path, rng):
+    path = tmp_path / "compact.safetensors"
+    trained = build_model("compact").eval()
+    save_weights(trained, path, "compact", {})
+    loaded = load_scorer(ModelConfig(arch="auto", weights=str(path), device="cpu", stride_frames=1))
+    assert loaded.model.arch == "compact"
+    windows, mel = random_windows(rng, 3), random_mel(rng)
+    np.testing.assert_array_equal(loaded.score(windows, mel), SyncScorer(trained, torch.device("cpu")).score(windows, mel))
+
+
+def test_a_named_arch_must_match_the_weights_file(tmp_path):
+    path = tmp_path / "compact.safetensors"
+    save_weights(build_model("compact"), path, "compact", {})
+    with pytest.raises(RtdiarError, match="for model 'compact', not 'wav2lip'"):
+        load_scorer(ModelConfig(arch="wav2lip", weights=str(path), device="cpu", stride_frames=1))

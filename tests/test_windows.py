@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtdiar.windows import CropHistory, audio_end_sample, mel_start_index, window_times
+from rtdiar.windows import CropHistory, audio_end_sample, mel_start_index, nearest_frames, window_times
 
 
 def _crop(index: int) -> np.ndarray:
@@ -95,3 +95,16 @@ def test_frames_dropped_under_load_still_give_a_window():
     fps = 30.0
     history = _history(fps, range(0, 60, 2))
     assert _frames_of(history.window(30 / fps)) == [26, 26, 28, 28, 30]
+
+
+def test_nearest_frames_resamples_30_fps_onto_the_25_fps_grid():
+    times = np.arange(30) / 30.0
+    nearest = nearest_frames(times, np.arange(25) / 25.0, fps=25.0)
+    assert (nearest >= 0).all()
+    np.testing.assert_allclose(times[nearest], np.arange(25) / 25.0, atol=0.5 / 30 + 1e-9)
+
+
+def test_nearest_frames_marks_a_gap_instead_of_repeating_a_frame():
+    times = np.delete(np.arange(25) / 25.0, [10, 11, 12])  # three frames lost
+    nearest = nearest_frames(times, np.arange(25) / 25.0, fps=25.0)
+    assert list(np.flatnonzero(nearest < 0)) == [10, 11, 12]

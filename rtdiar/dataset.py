@@ -1,0 +1,166 @@
+"""Training and evaluation data: clips run through the engine's own detector, tracker, crop and mel.
+
+A model only works live if it was trained on what the engine feeds it, so every clip goes through
+`FileSource` (audio lined up on stream start times), `FaceDetector`, `IoUTracker` and
+`crop_mouth_region` with the run-time config, and its crops are resampled to the 25 fps window grid
+by the same nearest-timestamp rule as live windows (`nearest_frames`). The result of each clip is
+cached as one `.npz` under a folder named by a hash of everything that shapes it, so a changed
+setting never reuses stale crops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import threading
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from rtdiar.audio import wav2lip_melspectrogram
+from rtdiar.config import Config
+from rtdiar.sources import FileSource
+from rtdiar.tracking import FaceDetector, IoUTracker, crop_mouth_region
+from rtdiar.windows import mel_start_index, nearest_frames
+
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rtdiar" / "prepared"
+PREP_VERSION = 1  # bump when the preprocessing code changes what it writes
+VIDEO_SUFFIXES = (".mp4", ".mpg", ".avi", ".mov", ".mkv", ".webm")
+
+
+@dataclass
+class PreparedClip:
+    """One face track of a clip on the 25 fps grid, with the clip's whole mel.
+
+    Grid frame k (crops[k]) is at time (first_frame + k) / fps on the source timeline, the same
+    timeline as the mel (mel index of time t = round(t * 80)).
+    """
+
+    name: str
+    crops: np.ndarray  # (T, 48, 96, 3) uint8 BGR
+    valid: np.ndarray  # (T,) bool: a real crop lies within tolerance of the grid time
+    first_frame: int
+    mel: np.ndarray  # (80, M) float32, Wav2Lip's normalised log-mel
+    fps: float = 25.0
+
+    def window_starts(self, frames: int = 5, mel_frames: int = 16, max_shift: int = 0) -> np.ndarray:
+        """Grid indices k where crops[k:k+frames] are all valid and audio shifted by up to
+        ±`max_shift` frames lies inside the clip."""
+        valid_run = np.convolve(self.valid.astype(int), np.ones(frames, int), "valid") == frames
+        starts = np.flatnonzero(valid_run)
+        lo = np.array([self.mel_index(k - max_shift) for k in starts])
+        hi = np.array([self.mel_index(k + max_shift) + mel_frames for k in starts])
+        return starts[(lo >= 0) & (hi <= self.mel.shape[1])] if len(starts) else starts
+
+    def mel_index(self, k: int) -> int:
+        """First mel frame of the window whose first video frame is grid frame k."""
+        return mel_start_index((self.first_frame + k) / self.fps)
+
+    def mel_window(self, k: int, shift: int = 0, mel_frames: int = 16) -> np.ndarray:
+        """(80, mel_frames) audio of the window at grid frame k, taken `shift` frames later (negative: earlier)."""
+        start = self.mel_index(k + shift)
+        return self.mel[:, start:start + mel_frames]
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, crops=self.crops, valid=self.valid, first_frame=self.first_frame, mel=self.mel,
+                 fps=self.fps, name=self.name)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> PreparedClip:
+        with np.load(path) as data:
+            return cls(name=str(data["name"]), crops=data["crops"], valid=data["valid"],
+                       first_frame=int(data["first_frame"]), mel=data["mel"], fps=float(data["fps"]))
+
+
+def find_clips(folders: Sequence[str | Path]) -> list[Path]:
+    """Every video file under the folders, sorted so a seed always sees the same order."""
+    found: list[Path] = []
+    for folder in folders:
+        found += [p for p in Path(folder).rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES]
+    return sorted(found)
+
+
+def prep_digest(config: Config) -> str:
+    """A short hash of every setting that shapes a prepared clip."""
+    shaping = {"version": PREP_VERSION, "detector": dataclasses.asdict(config.detector),
+               "tracker": dataclasses.asdict(config.tracker), "window": dataclasses.asdict(config.window),
+               "sample_rate": config.audio.sample_rate}
+    return hashlib.sha1(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def cache_path(clip: Path, cache_dir: Path, config: Config) -> Path:
+    """Where a clip's prepared track lives: named by its folder and stem, under the settings hash."""
+    return cache_dir / prep_digest(config) / clip.parent.name / f"{clip.stem}.npz"
+
+
+def track_clip(clip: Path, config: Config, detector: FaceDetector) -> PreparedClip | None:
+    """The clip's longest face track on the 25 fps grid, or None when no face was tracked."""
+    source = FileSource(clip, None, "fast", config.video, config.audio)
+    tracker = IoUTracker(config.tracker)
+    tracks: dict[int, list[tuple[float, np.ndarray]]] = defaultdict(list)
+    for frame in source.read_frames(threading.Event()):
+        for track in tracker.update(*detector.detect(frame.image)):
+            crop = crop_mouth_region(frame.image, track.box, config.tracker, config.window.crop_px)
+            tracks[track.id].append((frame.t, crop))
+    if not tracks:
+        return None
+    items = max(tracks.values(), key=len)
+    times = np.array([t for t, _ in items])
+    fps = config.window.fps
+    grid = np.arange(int(np.ceil(times[0] * fps - 1e-6)), int(np.floor(times[-1] * fps + 1e-6)) + 1)
+    if len(grid) == 0:
+        return None
+    nearest = nearest_frames(times, grid / fps, fps)
+    blank = np.zeros_like(items[0][1])
+    crops = np.stack([items[i][1] if i >= 0 else blank for i in nearest])
+    mel = wav2lip_melspectrogram(source.aligned_audio(), config.audio.sample_rate)
+    return PreparedClip(name=f"{clip.parent.name}/{clip.stem}", crops=crops, valid=nearest >= 0,
+                        first_frame=int(grid[0]), mel=mel, fps=fps)
+
+
+def _prepare_one(clip: Path, out: Path, config: Config, detector: FaceDetector) -> None:
+    prepared = track_clip(clip, config, detector)
+    if prepared is None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".noface").touch()  # remembered, so the clip is not tried again
+    else:
+        prepared.save(out)
+
+
+def _prepare_batch(jobs: list[tuple[Path, Path]], config: Config) -> int:
+    """Prepare clips with one detector (a worker process's whole share, or everything in-process)."""
+    with FaceDetector(config.detector) as detector:
+        for clip, out in jobs:
+            _prepare_one(clip, out, config, detector)
+    return len(jobs)
+
+
+def prepare_clips(clips: Sequence[Path], cache_dir: Path, config: Config, workers: int = 2) -> list[Path]:
+    """Prepare the clips not cached yet (in `workers` processes); the cached paths of those with a face.
+
+    Workers are spawned, not forked: a fork of a process that already ran torch or MediaPipe
+    threads can abort.
+    """
+    targets = [(clip, cache_path(clip, cache_dir, config)) for clip in clips]
+    todo = [(clip, out) for clip, out in targets if not out.exists() and not out.with_suffix(".noface").exists()]
+    chunks = [todo[i:i + 8] for i in range(0, len(todo), 8)]
+    with tqdm(total=len(todo), desc="preparing clips", unit="clip", disable=not todo) as bar:
+        if workers <= 1:
+            for chunk in chunks:
+                bar.update(_prepare_batch(chunk, config))
+        elif chunks:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                for done in pool.map(_prepare_batch, chunks, [config] * len(chunks)):
+                    bar.update(done)
+    return [out for _, out in targets if out.exists()]

@@ -1,0 +1,169 @@
+"""The audio-video offset of a clip, the SyncNet way, and a copy of the clip with its audio moved into sync.
+
+Every 5-frame face window k is compared with the audio window at grid frame k + s for every shift
+s in [-max_shift, +max_shift] (25 fps window frames, whatever the source frame rate). A window's
+confidence is how far its best shift stands above its median (the similarity analogue of SyncNet's
+median - minimum distance), and the clip curve is the confidence-weighted mean of the windows'
+curves: a silent window has a flat curve, so it barely counts, where a plain average would let many
+silent windows outvote the few that carry speech.
+
+Sign: a positive offset means the audio LAGS the video (the sound of a lip movement comes that many
+frames later); the fix moves the audio content earlier by that much.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from rtdiar.audio import MAX_ABS_VALUE
+from rtdiar.config import Config, WindowConfig
+from rtdiar.dataset import PreparedClip, track_clip
+from rtdiar.errors import RtdiarError
+from rtdiar.inference import SyncScorer
+from rtdiar.media import MediaInfo, probe, require_tool
+from rtdiar.tracking import FaceDetector
+
+SIGN_CONVENTION = "positive: audio lags video (the sound comes later than the lips); the fix moves the audio earlier"
+MEL_SILENCE = -MAX_ABS_VALUE  # Wav2Lip's normalised mel of digital silence: audio beyond the clip
+
+
+@dataclass
+class OffsetResult:
+    """A clip's offset, in 25 fps window frames and in milliseconds, and how sure the model is."""
+
+    file: str
+    offset_frames: int
+    offset_ms: float
+    confidence: float
+    max_shift: int
+    windows: int  # face windows that voted
+    curve: list[float]  # the clip's similarity per shift, -max_shift .. +max_shift
+
+    def to_json(self) -> dict:
+        return {"file": self.file, "offset_frames": self.offset_frames, "offset_ms": self.offset_ms,
+                "confidence": round(self.confidence, 4), "sign": SIGN_CONVENTION, "max_shift": self.max_shift,
+                "windows": self.windows, "curve": [round(value, 4) for value in self.curve]}
+
+    def describe(self) -> str:
+        frames = abs(self.offset_frames)
+        if frames == 0:
+            verdict = "audio and video in sync"
+        else:
+            way = "lags" if self.offset_frames > 0 else "leads"
+            verdict = f"audio {way} video by {frames} frame{'s' * (frames != 1)} ({abs(self.offset_ms):.0f} ms)"
+        return f"{self.file}: {verdict}, confidence {self.confidence:.2f} ({self.windows} windows)"
+
+
+def estimate_offset(sims: np.ndarray) -> tuple[int, float, np.ndarray]:
+    """(offset_frames, confidence, clip curve) from `sims` (windows, 2 * max_shift + 1): sims[k, i] is
+    window k's similarity with the audio shifted by i - max_shift frames.
+
+    Ties go to the shift nearest 0: a clip with no evidence either way is called in sync.
+    """
+    if sims.ndim != 2 or sims.shape[1] % 2 == 0 or len(sims) == 0:
+        raise ValueError(f"sims must be (windows, 2 * max_shift + 1) with at least one window, got {sims.shape}")
+    max_shift = sims.shape[1] // 2
+    weights = sims.max(axis=1) - np.median(sims, axis=1)
+    curve = np.average(sims, axis=0, weights=weights) if weights.sum() > 0 else sims.mean(axis=0)
+    shifts = np.arange(-max_shift, max_shift + 1)
+    best = np.flatnonzero(curve == curve.max())
+    offset = int(shifts[best[np.argmin(np.abs(shifts[best]))]])
+    return offset, float(curve.max() - np.median(curve)), curve
+
+
+def window_similarities(clip: PreparedClip, scorer: SyncScorer, max_shift: int,
+                        window: WindowConfig) -> np.ndarray:
+    """(windows, 2 * max_shift + 1) cosine of every valid face window with the audio at every shift
+    (no rows when the face is never tracked on a whole window).
+
+    Audio outside the clip is silence (as syncnet_python pads), so a clip shorter than the search
+    range (LRW's 29 frames) still gets a full curve per window.
+    """
+    frames, mel_frames = window.frames, window.mel_frames
+    starts = clip.window_starts(frames, mel_frames)
+    if len(starts) == 0:
+        return np.zeros((0, 2 * max_shift + 1), np.float32)
+    # a strided view: the face windows are copied batch by batch inside the scorer, never all at once
+    span = np.moveaxis(sliding_window_view(clip.crops, frames, axis=0), -1, 1)[starts[0]:starts[-1] + 1]
+    faces = scorer.face_embeddings(span)[starts - starts[0]]
+    grid = np.arange(starts[0] - max_shift, starts[-1] + max_shift + 1)  # every audio window a shift needs
+    first = np.array([clip.mel_index(int(k)) for k in grid])
+    before = max(0, -first.min())
+    after = max(0, first.max() + mel_frames - clip.mel.shape[1])
+    mel = np.pad(clip.mel, ((0, 0), (before, after)), constant_values=MEL_SILENCE)
+    mels = sliding_window_view(mel, mel_frames, axis=1)[:, first + before].transpose(1, 0, 2)
+    audio = scorer.audio_embeddings(np.ascontiguousarray(mels))
+    # column i pairs window k with audio window k + i - max_shift, i.e. row k - starts[0] + i of `audio`
+    return np.stack([np.einsum("kd,kd->k", faces, audio[starts - starts[0] + i])
+                     for i in range(2 * max_shift + 1)], axis=1)
+
+
+def analyse_clip(path: Path, config: Config, scorer: SyncScorer, max_shift: int) -> OffsetResult:
+    """The offset of the clip's longest face track against its sound track."""
+    if max_shift < 1:
+        raise RtdiarError("max_shift must be at least 1 frame")
+    if not probe(path).has_audio:
+        raise RtdiarError(f"{path} has no audio stream: there is no sound to line up with the lips")
+    detector = FaceDetector(config.detector)
+    try:
+        clip = track_clip(Path(path), config, detector)
+    finally:
+        detector.close()
+    if clip is None:
+        raise RtdiarError(f"{path}: no face found, so no lips to line the sound up with")
+    sims = window_similarities(clip, scorer, max_shift, config.window)
+    if len(sims) == 0:
+        raise RtdiarError(f"{path}: the face is tracked on fewer than {config.window.frames} frames in a row: "
+                          "too short to measure an offset")
+    offset_frames, confidence, curve = estimate_offset(sims)
+    return OffsetResult(file=Path(path).name, offset_frames=offset_frames,
+                        offset_ms=offset_frames * 1000.0 / config.window.fps, confidence=confidence,
+                        max_shift=max_shift, windows=len(sims), curve=[float(v) for v in curve])
+
+
+def shift_filter(offset_s: float, info: MediaInfo) -> str:
+    """ffmpeg audio filter that moves the sound content earlier by `offset_s` (later when negative).
+
+    The samples move, not the timestamps: rtdiar (like most players) lines audio up with video on
+    the streams' start times, which would undo a timestamp-only shift. The cut is counted in samples
+    from the start of the audio stream (input timestamps are not to be trusted: AAC priming, and
+    adelay restarts them at 0), using the start times as rtdiar reads them; the new audio stream then
+    starts with the video stream. `apad` (with `-shortest`) keeps the sound as long as the video.
+    """
+    position_s = offset_s + info.video_start_s - info.audio_start_s  # in the audio stream, due at the first frame
+    if position_s > 0:
+        move = f"atrim=start={position_s:.6f},"
+    elif position_s < 0:
+        move = f"adelay=delays={-position_s * 1000:.3f}:all=1,"
+    else:
+        move = ""
+    # ffmpeg's output timeline starts at the input's earliest stream, where the copied video keeps its place
+    video_start_s = info.video_start_s - min(info.video_start_s, info.audio_start_s)
+    return f"asetpts=N/SR/TB,{move}asetpts=PTS-STARTPTS+{video_start_s:.6f}/TB,apad"
+
+
+def write_fixed(path: Path, offset_s: float, out: Path) -> None:
+    """A copy of `path` whose audio is moved earlier by `offset_s` (the measured lag): the video
+    stream copied untouched, the audio re-encoded (AAC). Written beside `out` and renamed into
+    place, so a failure leaves nothing under the user's name."""
+    out = Path(out)
+    cmd = [require_tool("ffmpeg"), "-nostdin", "-y", "-v", "error", "-i", str(path), "-map", "0:v:0", "-map", "0:a:0",
+           "-c:v", "copy", "-af", shift_filter(offset_s, probe(path)), "-c:a", "aac", "-shortest"]
+    fd, name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=f".partial{out.suffix}", dir=out.parent)
+    os.close(fd)
+    temp = Path(name)
+    try:
+        proc = subprocess.run([*cmd, str(temp)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            reason = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+            raise RtdiarError(f"ffmpeg could not write {out}: {reason}")
+        os.replace(temp, out)
+    finally:
+        temp.unlink(missing_ok=True)

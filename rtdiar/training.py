@@ -1,0 +1,387 @@
+"""`rtdiar train`: self-supervised training of the lip-sync expert on clips assumed in sync.
+
+A step takes a few clips and cuts each into every 5-frame video window and every 0.2 s audio
+window of a short segment. Each video window must pick its own audio among all audio windows of
+the batch (InfoNCE), and each audio window its own video: the same clip's audio a few frames
+away is the hard negative SyncNet trained on, and another clip's face at the same moment is the
+two-faces-one-voice case the diarizer lives on. Audio within `ambiguous_shift` frames of the truth
+is left out (a 40 ms shift is nearly the same sound). Validation is the window AUC on other
+people (`data.validation`); the best validation step is what ships.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from rtdiar.config import PROJECT_ROOT, Config, build_section, merge_settings, read_yaml
+from rtdiar.dataset import DEFAULT_CACHE, PreparedClip, find_clips, prepare_clips
+from rtdiar.errors import RtdiarError
+from rtdiar.evaluate import roc_auc
+from rtdiar.inference import pack_faces
+from rtdiar.model import build_model, save_weights
+
+DEFAULT_TRAIN_CONFIG = PROJECT_ROOT / "configs" / "train.yaml"
+MEL_UNITS_PER_DB = 0.08  # Wav2Lip's normalisation maps 100 dB onto 8 units
+
+
+@dataclass
+class DataRecipe:
+    train: list
+    folder_weights: dict
+    validation: list
+
+
+@dataclass
+class BatchRecipe:
+    clips: int
+    windows_per_clip: int
+    segment_frames: int
+    ambiguous_shift: int
+    cross_clip_negatives: bool
+
+
+@dataclass
+class OptimRecipe:
+    lr: float
+    weight_decay: float
+    time_budget_min: float
+    max_steps: int
+    warmup_steps: int
+    init_logit_scale: float
+
+
+@dataclass
+class ValidationRecipe:
+    every_steps: int
+    windows_per_clip: int
+    off_shifts: list
+    patience: int
+
+
+@dataclass
+class AugmentRecipe:
+    flip: float
+    shift: float
+    scale: float
+    jitter: float
+    blur: float
+    noise: float
+    gain_db: list
+    noise_floor: list
+
+
+@dataclass
+class TrainConfig:
+    arch: str
+    seed: int
+    run_dir: str
+    out: str
+    cache_dir: str | None
+    prepare_workers: int
+    data: DataRecipe
+    batch: BatchRecipe
+    optim: OptimRecipe
+    validation: ValidationRecipe
+    augment: AugmentRecipe
+
+    def path(self, value: str) -> Path:
+        """Relative recipe paths are taken from the project root."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+_SECTIONS = {"data": DataRecipe, "batch": BatchRecipe, "optim": OptimRecipe,
+             "validation": ValidationRecipe, "augment": AugmentRecipe}
+
+
+def load_train_config(path: str | Path | None = None) -> TrainConfig:
+    """configs/train.yaml, overlaid with a partial file of the same shape."""
+    data = read_yaml(DEFAULT_TRAIN_CONFIG)
+    if path is not None:
+        data = merge_settings(data, read_yaml(Path(path)), "")
+    sections = {name: build_section(cls, data[name], f"{name}.") for name, cls in _SECTIONS.items()}
+    top = {f.name: data[f.name] for f in dataclasses.fields(TrainConfig) if f.name not in sections}
+    return TrainConfig(**top, **sections)
+
+
+class ClipBank:
+    """Every prepared training clip in memory, sampled into contrastive batches."""
+
+    def __init__(self, clips: list[PreparedClip], weights: np.ndarray, recipe: BatchRecipe) -> None:
+        self.recipe = recipe
+        self.clips = [c for c in clips if len(c.window_starts()) >= 2]
+        if not self.clips:
+            raise RtdiarError("no training clip holds two 5-frame windows with a tracked face")
+        kept = np.array([len(c.window_starts()) >= 2 for c in clips])
+        self.weights = np.asarray(weights, np.float64)[kept]
+        self.weights /= self.weights.sum()
+
+    def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """A batch: video windows (V, 5, 48, 96, 3) and audio windows (A, 80, 16), each with its clip and position."""
+        faces, mels, video_key, audio_key = [], [], [], []
+        count = min(self.recipe.clips, len(self.clips))
+        for slot, index in enumerate(rng.choice(len(self.clips), count, replace=False, p=self.weights)):
+            clip = self.clips[index]
+            first, last = self._segment(clip, rng)
+            positions = [p for p in range(first, last + 1) if _audio_fits(clip, p)]
+            starts = [k for k in clip.window_starts() if first <= k <= last and k in positions]
+            chosen = rng.choice(starts, min(len(starts), self.recipe.windows_per_clip), replace=False)
+            faces += [clip.crops[k:k + 5] for k in chosen]
+            video_key += [(slot, k) for k in chosen]
+            mels += [clip.mel_window(p) for p in positions]
+            audio_key += [(slot, p) for p in positions]
+        return {"faces": np.stack(faces), "mels": np.stack(mels),
+                "video_key": np.array(video_key), "audio_key": np.array(audio_key)}
+
+    def _segment(self, clip: PreparedClip, rng: np.random.Generator) -> tuple[int, int]:
+        """First and last window start of a random segment of `segment_frames` grid frames."""
+        span = self.recipe.segment_frames - 5
+        last_start = len(clip.crops) - 5
+        first = int(rng.integers(0, max(last_start - span, 0) + 1))
+        return first, min(first + span, last_start)
+
+
+def _audio_fits(clip: PreparedClip, k: int, mel_frames: int = 16) -> bool:
+    start = clip.mel_index(k)
+    return start >= 0 and start + mel_frames <= clip.mel.shape[1]
+
+
+def contrastive_loss(face_emb: torch.Tensor, audio_emb: torch.Tensor, video_key: torch.Tensor,
+                     audio_key: torch.Tensor, logit_scale: torch.Tensor, ambiguous_shift: int,
+                     cross_clip: bool = False) -> torch.Tensor:
+    """Symmetric InfoNCE: video -> its audio among the candidates, and audio -> its video.
+
+    Without `cross_clip` the candidates are the same clip's only (as SyncNet and Wav2Lip sample
+    negatives): another clip's audio can be told apart by *whose voice* it is, a shortcut that
+    teaches face-voice identity instead of lip sync and does not carry over to new people.
+    """
+    same_clip = video_key[:, None, 0] == audio_key[None, :, 0]
+    shift = audio_key[None, :, 1] - video_key[:, None, 1]
+    positive = same_clip & (shift == 0)
+    excluded = same_clip & (shift.abs() <= ambiguous_shift) & (shift != 0)
+    if not cross_clip:
+        excluded |= ~same_clip
+    logits = (logit_scale.exp() * face_emb @ audio_emb.T).masked_fill(excluded, float("-inf"))
+    video_loss = F.cross_entropy(logits, positive.float().argmax(dim=1))
+    has_video = positive.any(dim=0)
+    audio_loss = F.cross_entropy(logits.T[has_video], positive.T[has_video].float().argmax(dim=1))
+    return 0.5 * (video_loss + audio_loss)
+
+
+def augment_faces(faces: torch.Tensor, recipe: AugmentRecipe, generator: torch.Generator) -> torch.Tensor:
+    """(N, 15, H, W) packed crops -> the same, flipped, moved, zoomed, jittered per frame, blurred, noised.
+
+    Per-frame jitter mimics the tracker's box wobble, which a motion input would otherwise mistake
+    for lip movement.
+    """
+    n, channels, height, width = faces.shape
+    frames = channels // 3
+    rand = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731 - local shorthand
+    flip = rand(n) < recipe.flip
+    faces = torch.where(flip[:, None, None, None], faces.flip(-1), faces)
+    scale = 1.0 + (2 * rand(n, 1) - 1) * recipe.scale
+    shift = (2 * rand(n, 1, 2) - 1) * recipe.shift * 2  # affine_grid units span 2 per image
+    jitter = (2 * rand(n, frames, 2) - 1) * recipe.jitter * 2
+    theta = torch.zeros(n, frames, 2, 3)
+    theta[..., 0, 0] = theta[..., 1, 1] = 1.0 / scale
+    theta[..., :, 2] = shift + jitter
+    per_frame = faces.reshape(n * frames, 3, height, width)
+    grid = F.affine_grid(theta.reshape(n * frames, 2, 3), list(per_frame.shape), align_corners=False)
+    faces = F.grid_sample(per_frame, grid, padding_mode="border", align_corners=False).reshape(n, channels, height, width)
+    blurred = _gaussian_blur(faces, sigma=0.5 + float(rand(1)) * 0.8)
+    faces = torch.where((rand(n) < recipe.blur)[:, None, None, None], blurred, faces)
+    noise = torch.randn(faces.shape, generator=generator) * rand(n, 1, 1, 1) * recipe.noise
+    return (faces + noise).clamp(0.0, 1.0)
+
+
+def _gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    taps = torch.arange(-2, 3, dtype=images.dtype)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    channels = images.shape[1]
+    horizontal = kernel.reshape(1, 1, 1, 5).repeat(channels, 1, 1, 1)
+    vertical = kernel.reshape(1, 1, 5, 1).repeat(channels, 1, 1, 1)
+    out = F.conv2d(F.pad(images, (2, 2, 0, 0), mode="replicate"), horizontal, groups=channels)
+    return F.conv2d(F.pad(out, (0, 0, 2, 2), mode="replicate"), vertical, groups=channels)
+
+
+def augment_mels(mels: torch.Tensor, recipe: AugmentRecipe, generator: torch.Generator) -> torch.Tensor:
+    """(N, 1, 80, 16) mel -> the same at a random gain over a random, uneven noise floor."""
+    n = mels.shape[0]
+    low, high = recipe.gain_db
+    gain = (low + (high - low) * torch.rand(n, 1, 1, 1, generator=generator)) * MEL_UNITS_PER_DB
+    low, high = recipe.noise_floor
+    level = low + (high - low) * torch.rand(n, 1, 1, 1, generator=generator)
+    floor = level + 0.3 * torch.randn(mels.shape, generator=generator)
+    return torch.maximum(mels + gain, floor).clamp(-4.0, 4.0)
+
+
+class WindowAUC:
+    """In-sync vs off-sync window AUC on a fixed set of validation windows (other people)."""
+
+    def __init__(self, clips: list[PreparedClip], recipe: ValidationRecipe) -> None:
+        faces, mels, pairs = [], [], []
+        for clip in clips:
+            starts = clip.window_starts()
+            for k in starts[np.linspace(0, len(starts) - 1, min(len(starts), recipe.windows_per_clip)).astype(int)]:
+                face = len(faces)
+                faces.append(clip.crops[k:k + 5])
+                for shift in [0, *recipe.off_shifts]:
+                    if _audio_fits(clip, k + shift):
+                        pairs.append((face, len(mels), shift == 0))
+                        mels.append(clip.mel_window(k, shift))
+        if not pairs:
+            raise RtdiarError("no validation window found: check data.validation")
+        self.faces = torch.from_numpy(np.stack(faces))
+        self.mels = torch.from_numpy(np.stack(mels)).unsqueeze(1)
+        self.pairs = np.array(pairs)
+
+    @torch.inference_mode()
+    def __call__(self, model: nn.Module) -> float:
+        model.eval()
+        face_emb = torch.cat([model.embed_faces(pack_faces(self.faces[i:i + 256])) for i in range(0, len(self.faces), 256)])
+        audio_emb = torch.cat([model.embed_audio(self.mels[i:i + 1024]) for i in range(0, len(self.mels), 1024)])
+        model.train()
+        scores = (face_emb[self.pairs[:, 0]] * audio_emb[self.pairs[:, 1]]).sum(1).numpy()
+        in_sync = self.pairs[:, 2].astype(bool)
+        return roc_auc(scores[in_sync], scores[~in_sync])
+
+
+def load_clips(folders: list[str], recipe: TrainConfig, config: Config) -> tuple[list[PreparedClip], list[str]]:
+    """Prepare (or reuse) and load every clip under the folders; also each clip's folder name."""
+    clips = find_clips([recipe.path(f) for f in folders])
+    if not clips:
+        raise RtdiarError(f"no video files under {', '.join(folders)}")
+    cache = recipe.path(recipe.cache_dir) if recipe.cache_dir else DEFAULT_CACHE
+    paths = prepare_clips(clips, cache, config, recipe.prepare_workers)
+    return [PreparedClip.load(p) for p in tqdm(paths, desc="loading clips", unit="clip")], [p.parent.name for p in paths]
+
+
+def train_model(recipe: TrainConfig, config: Config, out: Path | None = None,
+                resume: bool = False, overwrite: bool = False) -> Path:
+    """Train, validating on unseen people; write the best weights to `out` (default recipe.out)."""
+    out = Path(out) if out is not None else recipe.path(recipe.out)
+    if out.exists() and not overwrite:
+        raise RtdiarError(f"{out} exists; pass --overwrite to replace it, or --out PATH")
+    run_dir = recipe.path(recipe.run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        raise RtdiarError(f"run folder {run_dir} is not empty: pass --resume to continue it, or set run_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    random.seed(recipe.seed)
+    torch.manual_seed(recipe.seed)
+    train_clips, folders = load_clips(recipe.data.train, recipe, config)
+    weights = np.array([recipe.data.folder_weights.get(f, 1.0) for f in folders])
+    bank = ClipBank(train_clips, weights, recipe.batch)
+    validate = WindowAUC(load_clips(recipe.data.validation, recipe, config)[0], recipe.validation)
+    trainer = _Trainer(recipe, run_dir)
+    if resume:
+        trainer.restore()
+    best = trainer.fit(bank, validate)
+    shutil.copyfile(best, out)
+    print(f"rtdiar: best validation AUC {trainer.best_auc:.3f} at step {trainer.best_step}; weights in {out}")
+    return out
+
+
+class _Trainer:
+    """The optimisation loop with its state, so a checkpoint can resume it exactly."""
+
+    def __init__(self, recipe: TrainConfig, run_dir: Path) -> None:
+        self.recipe = recipe
+        self.run_dir = run_dir
+        self.model = build_model(recipe.arch)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(recipe.optim.init_logit_scale)))
+        self.optimizer = torch.optim.AdamW([*self.model.parameters(), self.logit_scale],
+                                           lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay)
+        self.rng = np.random.default_rng(recipe.seed)
+        self.generator = torch.Generator().manual_seed(recipe.seed)
+        self.step = 0
+        self.elapsed_s = 0.0
+        self.best_auc = -1.0
+        self.best_step = 0
+        self.stale = 0
+
+    def fit(self, bank: ClipBank, validate: WindowAUC) -> Path:
+        optim = self.recipe.optim
+        budget_s = optim.time_budget_min * 60.0
+        bar = tqdm(total=optim.max_steps, initial=self.step, desc="training", unit="step")
+        started = time.monotonic() - self.elapsed_s
+        while self.step < optim.max_steps and self.elapsed_s < budget_s and self.stale < self.recipe.validation.patience:
+            loss = self._step(bank.sample(self.rng))
+            self.step += 1
+            self.elapsed_s = time.monotonic() - started
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", auc=f"{self.best_auc:.3f}")
+            if self.step % self.recipe.validation.every_steps == 0:
+                self._validate(validate, loss)
+        bar.close()
+        if self.best_step != self.step and self.step % self.recipe.validation.every_steps:
+            self._validate(validate, loss)
+        return self.run_dir / "best.safetensors"
+
+    def _step(self, batch: dict[str, np.ndarray]) -> float:
+        lr = self.recipe.optim.lr * min(1.0, (self.step + 1) / self.recipe.optim.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        faces = augment_faces(pack_faces(torch.from_numpy(batch["faces"])), self.recipe.augment, self.generator)
+        mels = augment_mels(torch.from_numpy(batch["mels"]).unsqueeze(1), self.recipe.augment, self.generator)
+        audio_emb, face_emb = self.model(mels, faces)
+        loss = contrastive_loss(face_emb, audio_emb, torch.from_numpy(batch["video_key"]),
+                                torch.from_numpy(batch["audio_key"]), self.logit_scale, self.recipe.batch.ambiguous_shift,
+                                self.recipe.batch.cross_clip_negatives)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+    def _validate(self, validate: WindowAUC, loss: float) -> None:
+        auc = validate(self.model)
+        improved = auc > self.best_auc
+        if improved:
+            self.best_auc, self.best_step, self.stale = auc, self.step, 0
+            save_weights(self.model, self.run_dir / "best.safetensors", self.recipe.arch,
+                         {"step": str(self.step), "validation_auc": f"{auc:.4f}", "seed": str(self.recipe.seed)})
+        else:
+            self.stale += 1
+        record = {"step": self.step, "elapsed_min": round(self.elapsed_s / 60, 2), "loss": round(loss, 4),
+                  "validation_auc": round(auc, 4), "best": improved, "logit_scale": round(float(self.logit_scale.exp()), 2)}
+        with open(self.run_dir / "log.jsonl", "a") as log:
+            log.write(json.dumps(record) + "\n")
+        tqdm.write(json.dumps(record))
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        state = {"model": self.model.state_dict(), "logit_scale": self.logit_scale.detach(),
+                 "optimizer": self.optimizer.state_dict(), "step": self.step, "elapsed_s": self.elapsed_s,
+                 "best_auc": self.best_auc, "best_step": self.best_step, "stale": self.stale,
+                 "numpy_rng": json.dumps(self.rng.bit_generator.state), "torch_rng": self.generator.get_state()}
+        partial = self.run_dir / "last.pt.partial"
+        torch.save(state, partial)
+        partial.replace(self.run_dir / "last.pt")
+
+    def restore(self) -> None:
+        """Continue from `last.pt` (weights_only: a checkpoint never runs code)."""
+        path = self.run_dir / "last.pt"
+        if not path.exists():
+            raise RtdiarError(f"nothing to resume: {path} does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state["model"])
+        with torch.no_grad():
+            self.logit_scale.copy_(state["logit_scale"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.elapsed_s = state["step"], state["elapsed_s"]
+        self.best_auc, self.best_step, self.stale = state["best_auc"], state["best_step"], state["stale"]
+        self.rng.bit_generator.state = json.loads(state["numpy_rng"])
+        self.generator.set_state(state["torch_rng"])

@@ -1,0 +1,188 @@
+"""`rtdiar evaluate`: the metrics on inputs whose answer is known, and one small run on real clips."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rtdiar.baseline import EnergyBaseline
+from rtdiar.dataset import PreparedClip
+from rtdiar.errors import RtdiarError
+from rtdiar.evaluate import (APPLIED_SHIFTS, OFFSET_SEARCH, ClipEmbeddings, embed_clip, evaluate_model,
+                             format_report, hamilton_figure, offset_figure, roc_auc, shift_mel,
+                             two_faces_figure, window_auc_figure)
+from rtdiar.inference import SyncScorer
+from rtdiar.types import FaceResult, FrameResult
+
+GRID_PAD = 2 * OFFSET_SEARCH  # room for grid frames before 0 in the time-code embeddings
+
+
+def test_auc_of_separated_scores_is_one_and_of_identical_scores_one_half():
+    assert roc_auc(np.array([0.8, 0.9, 0.7]), np.array([0.1, 0.2])) == 1.0
+    assert roc_auc(np.array([0.1, 0.2]), np.array([0.8, 0.9, 0.7])) == 0.0
+    assert roc_auc(np.full(4, 0.3), np.full(7, 0.3)) == 0.5
+    assert roc_auc(np.array([0.5]), np.zeros(0)) is None
+
+
+def test_mel_shift_moves_content_16_mel_frames_per_5_video_frames_with_silence():
+    mel = np.tile(np.arange(100, dtype=np.float32), (80, 1))
+    later = shift_mel(mel, 5)
+    np.testing.assert_array_equal(later[:, 16:], mel[:, :-16])
+    assert np.all(later[:, :16] == -4.0)
+    earlier = shift_mel(mel, -10)
+    np.testing.assert_array_equal(earlier[:, :-32], mel[:, 32:])
+    assert np.all(earlier[:, -32:] == -4.0)
+    np.testing.assert_array_equal(shift_mel(mel, 0), mel)
+    with pytest.raises(ValueError):
+        shift_mel(mel, 3)  # 9.6 mel frames
+
+
+class TimeCodeScorer:
+    """A scorer that is right by construction: a face window embeds the grid frame painted in its
+    crops, an audio window the grid frame its sound came from (mel frame m holds the value m), and
+    silence embeds as zero."""
+
+    def __init__(self, frames: int) -> None:
+        self.dim = frames + 2 * GRID_PAD
+
+    def face_embeddings(self, windows: np.ndarray) -> np.ndarray:
+        return np.eye(self.dim, dtype=np.float32)[windows[:, 0, 0, 0, 0].astype(int) + GRID_PAD]
+
+    def audio_embeddings(self, mels: np.ndarray) -> np.ndarray:
+        first = mels[:, 0, 0]
+        heard = first >= 0
+        out = np.zeros((len(mels), self.dim), dtype=np.float32)
+        out[np.flatnonzero(heard), np.round(first[heard] / 3.2).astype(int) + GRID_PAD] = 1.0
+        return out
+
+
+def test_offset_and_window_auc_of_a_perfect_scorer(config):
+    frames = 60
+    crops = np.repeat(np.arange(frames, dtype=np.uint8), 48 * 96 * 3).reshape(frames, 48, 96, 3)
+    mel = np.tile(np.arange(frames * 3.2 + 20, dtype=np.float32), (80, 1))
+    clip = PreparedClip("wild/timecode", crops, np.ones(frames, bool), 0, mel)
+    silence = np.zeros(int(frames / 25 * 16000), np.float32)
+    embedded = embed_clip(clip, silence, TimeCodeScorer(frames), config)
+    np.testing.assert_array_equal(embedded.in_sync_audio(), embedded.faces)  # each window's own sound
+
+    offsets = offset_figure([embedded])
+    assert offsets["per_clip"]["wild/timecode"] == list(APPLIED_SHIFTS)  # audio delayed by d is found at +d
+    assert offsets["accuracy"] == 1.0
+    auc = window_auc_figure([embedded])
+    assert auc["all"] == 1.0
+    assert auc["voiced"] is None  # no speech in silence: nothing to measure
+
+
+def fake_clip(name: str, face: np.ndarray, voice: np.ndarray, windows: int = 40) -> ClipEmbeddings:
+    """A clip whose every face window embeds as `face` and every audio window as `voice`, all voiced."""
+    rows = windows + 2 * OFFSET_SEARCH
+    return ClipEmbeddings(name, np.arange(windows), np.tile(face, (windows, 1)),
+                          {shift: np.tile(voice, (rows, 1)) for shift in APPLIED_SHIFTS},
+                          np.ones(windows, bool), np.ones((windows, 6), bool))
+
+
+def test_two_faces_counts_the_voice_owner_first_or_not():
+    e1, e2 = np.eye(2, dtype=np.float32)
+    owners_win = two_faces_figure([fake_clip("x", e1, e1), fake_clip("y", e2, e2)], smooth_windows=25)
+    assert owners_win["accuracy"] == 1.0 and owners_win["pairs_won"] == 1.0
+    assert owners_win["pairs"] == 2
+    assert owners_win["time_points"] == 2 * (40 - 25 + 1)  # only times with 1 s of history count
+    others_win = two_faces_figure([fake_clip("x", e2, e1), fake_clip("y", e1, e2)], smooth_windows=25)
+    assert others_win["accuracy"] == 0.0 and others_win["pairs_won"] == 0.0
+
+
+def test_two_faces_skips_unvoiced_times():
+    e1, e2 = np.eye(2, dtype=np.float32)
+    x, y = fake_clip("x", e1, e1), fake_clip("y", e2, e2)
+    x.voiced[:30] = False
+    figure = two_faces_figure([x, y], smooth_windows=25)
+    assert figure["time_points"] == (40 - 30) + (40 - 25 + 1)
+
+
+def test_hamilton_figure_finds_the_performer_by_shot_and_size_not_by_id():
+    big, small = (100.0, 50.0, 300.0, 250.0), (10.0, 10.0, 40.0, 40.0)
+    results = [
+        FrameResult(5, 0.2, [FaceResult(1, big, 0.8), FaceResult(2, small, 0.3)], speaker=1, speech=True),
+        FrameResult(100, 3.3, [FaceResult(7, big, 0.2), FaceResult(8, small, 0.6)], speaker=8, speech=True),
+        FrameResult(50, 1.7, [FaceResult(2, small, 0.7)], speaker=2, speech=True),  # the audience shot
+        FrameResult(101, 3.4, [FaceResult(7, big, 0.9)], speaker=None, speech=False),  # silence: not counted
+    ]
+    figure = hamilton_figure(results)
+    assert figure["voiced_frames_performer_shown"] == 2 and figure["voiced_frames_performer_hidden"] == 1
+    assert figure["performer_chosen"] == 0.5 and figure["performer_top_score"] == 0.5
+    assert figure["audience_chosen"] == 1.0
+
+
+def trim(source: Path, seconds: float, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-t", str(seconds), "-i", str(source), "-c:v", "libx264",
+                    "-preset", "ultrafast", "-c:a", "aac", str(out)], check=True)
+
+
+@pytest.fixture(scope="module")
+def small_run(shared_dir: Path, tmp_path_factory) -> tuple[dict, Path]:
+    """`evaluate_model` with the baseline on two trimmed dev clips and the start of hamilton."""
+    from rtdiar.config import load_config
+
+    root = tmp_path_factory.mktemp("dev")
+    dev = shared_dir / "data" / "dev"
+    trim(dev / "wild" / "pcavs_00067.mp4", 2.4, root / "wild" / "pcavs_00067.mp4")
+    trim(dev / "wild" / "grid_lbax4n.mpg", 2.4, root / "wild" / "grid_lbax4n.mp4")
+    trim(dev / "multi" / "hamilton_two_faces_one_singer.mp4", 3.6, root / "multi" / "hamilton_two_faces_one_singer.mp4")
+    scorer = SyncScorer(EnergyBaseline(), torch.device("cpu"))
+    return evaluate_model(load_config(), scorer, data_dir=root, cache_dir=root / "cache"), root
+
+
+def test_small_run_gives_every_figure(small_run):
+    figures, root = small_run
+    assert figures["clips"] == 2
+    assert len(list((root / "cache").rglob("*.npz"))) == 2  # prepared once, into the cache asked for
+    auc = figures["window_auc"]
+    assert set(auc["per_clip"]) == {"wild/pcavs_00067", "wild/grid_lbax4n"}
+    assert 0.0 <= auc["all"] <= 1.0 and auc["positives"] > 0 and auc["negatives"] > auc["positives"]
+    assert figures["offset"]["cases"] == 2 * len(APPLIED_SHIFTS)
+    assert 0.0 <= figures["offset"]["accuracy"] <= 1.0
+    assert figures["two_faces"]["pairs"] == 2 and 0.0 <= figures["two_faces"]["accuracy"] <= 1.0
+    hamilton = figures["hamilton"]
+    assert hamilton["voiced_frames_performer_shown"] > 0
+    assert 0.0 <= hamilton["performer_chosen"] <= 1.0 and 0.0 <= hamilton["performer_top_score"] <= 1.0
+    assert figures["crowd"] is None  # not in this data folder
+
+
+def test_report_shows_each_figure_with_its_target(small_run):
+    report = format_report(small_run[0])
+    for line_start, target in (("window AUC", ">= 0.95"), ("clip offset", ">= 95 %"),
+                               ("two faces one voice", ">= 95 %"), ("hamilton", ">= 90 %")):
+        line = next(line for line in report.splitlines() if line.strip().startswith(line_start))
+        assert target in line
+    assert "crowd" not in report
+
+
+def test_missing_data_folder_is_a_one_line_error(config, tmp_path):
+    with pytest.raises(RtdiarError) as error:
+        evaluate_model(config, SyncScorer(EnergyBaseline(), torch.device("cpu")), data_dir=tmp_path / "nowhere")
+    assert "nowhere" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_offset_figure_sees_what_the_offset_tool_sees(small_run, config):
+    """The figure's in-sync similarities are the offset tool's own, window for window and shift for shift."""
+    from rtdiar.offset import window_similarities
+
+    scorer = SyncScorer(EnergyBaseline(), torch.device("cpu"))
+    clip = PreparedClip.load(next((small_run[1] / "cache").rglob("pcavs_00067.npz")))
+    embedded = embed_clip(clip, np.zeros(16000, np.float32), scorer, config)
+    tool = window_similarities(clip, scorer, OFFSET_SEARCH, config.window)
+    np.testing.assert_allclose(embedded.similarities(0), tool, atol=1e-6)
+
+
+def test_equal_error_threshold_splits_the_two_score_sets():
+    from rtdiar.evaluate import equal_error_threshold
+
+    threshold, error = equal_error_threshold(np.array([0.6, 0.7, 0.8, 0.9]), np.array([0.1, 0.2, 0.3, 0.4]))
+    assert 0.4 <= threshold <= 0.6 and error == 0.0
+    threshold, error = equal_error_threshold(np.array([0.3, 0.6, 0.7, 0.8]), np.array([0.1, 0.2, 0.4, 0.9]))
+    assert 0.0 < error < 0.5

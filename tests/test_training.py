@@ -1,0 +1,133 @@
+"""Training: the contrastive batch is built right, the loss rewards sync, a run saves, resumes and refuses to clobber."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rtdiar.config import load_config
+from rtdiar.dataset import PreparedClip
+from rtdiar.errors import RtdiarError
+from rtdiar.inference import load_scorer, pack_faces
+from rtdiar.training import (ClipBank, WindowAUC, augment_faces, augment_mels, contrastive_loss,
+                             load_train_config, train_model)
+
+
+def _synthetic_clip(name: str, frames: int, seed: int) -> PreparedClip:
+    """A clip whose crop brightness at grid frame k is stamped with k, and whose mel column m is m."""
+    rng = np.random.default_rng(seed)
+    crops = rng.integers(0, 255, (frames, 48, 96, 3), dtype=np.uint8)
+    crops[:, 0, 0, 0] = np.arange(frames)
+    mel_frames = int(round(frames * 3.2)) + 4
+    mel = np.tile(np.arange(mel_frames, dtype=np.float32), (80, 1))
+    return PreparedClip(name=name, crops=crops, valid=np.ones(frames, bool), first_frame=0, mel=mel)
+
+
+def test_a_batch_pairs_each_video_window_with_its_own_audio_position():
+    recipe = load_train_config()
+    clips = [_synthetic_clip(f"c{i}", 30, i) for i in range(4)]
+    bank = ClipBank(clips, np.ones(4), recipe.batch)
+    batch = bank.sample(np.random.default_rng(0))
+    assert batch["faces"].shape[1:] == (5, 48, 96, 3) and batch["mels"].shape[1:] == (80, 16)
+    for face, (slot, k) in zip(batch["faces"], batch["video_key"]):
+        assert face[0, 0, 0, 0] == k  # the window starts at grid frame k
+        match = np.flatnonzero((batch["audio_key"][:, 0] == slot) & (batch["audio_key"][:, 1] == k))
+        assert len(match) == 1  # exactly one positive audio window in the batch
+        assert batch["mels"][match[0], 0, 0] == clips[0].mel_index(k)  # and it starts at the window's time
+
+
+def _keys(n_clips: int, positions: int) -> torch.Tensor:
+    return torch.tensor([(c, p) for c in range(n_clips) for p in range(positions)])
+
+
+def test_the_loss_rewards_embeddings_that_match_in_time():
+    keys = _keys(3, 10)
+    matched = torch.nn.functional.normalize(torch.randn(len(keys), 16), dim=1)
+    shuffled = matched[torch.randperm(len(keys), generator=torch.Generator().manual_seed(0))]
+    scale = torch.tensor(np.log(10.0))
+    in_sync = contrastive_loss(matched, matched, keys, keys, scale, ambiguous_shift=2)
+    off_sync = contrastive_loss(matched, shuffled, keys, keys, scale, ambiguous_shift=2)
+    assert in_sync < off_sync
+
+
+def test_audio_next_to_the_truth_is_neither_positive_nor_negative():
+    keys = _keys(1, 6)
+    faces = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    audio = faces.clone()
+    audio[1] = faces[0]  # the audio one frame after window 0 looks just like window 0's
+    scale = torch.tensor(np.log(10.0))
+    masked = contrastive_loss(faces[:1], audio, keys[:1], keys, scale, ambiguous_shift=1)
+    unmasked = contrastive_loss(faces[:1], audio, keys[:1], keys, scale, ambiguous_shift=0)
+    assert masked < unmasked
+
+
+def test_augmentation_keeps_shapes_and_range_and_is_seeded():
+    recipe = load_train_config().augment
+    faces = pack_faces(torch.from_numpy(np.random.default_rng(0).integers(0, 255, (4, 5, 48, 96, 3), dtype=np.uint8)))
+    first = augment_faces(faces, recipe, torch.Generator().manual_seed(1))
+    again = augment_faces(faces, recipe, torch.Generator().manual_seed(1))
+    assert first.shape == faces.shape and 0.0 <= float(first.min()) and float(first.max()) <= 1.0
+    torch.testing.assert_close(first, again)
+    assert not torch.equal(first, faces)
+    mels = torch.full((4, 1, 80, 16), -4.0)
+    noisy = augment_mels(mels, recipe, torch.Generator().manual_seed(1))
+    assert noisy.shape == mels.shape and float(noisy.max()) <= 4.0 and float(noisy.mean()) > -4.0  # a noise floor
+
+
+def test_window_auc_of_a_perfect_scorer_is_one():
+    class Oracle(torch.nn.Module):
+        """Embeds a window and an audio by their start time: only the true pairing has cosine 1."""
+
+        def embed_faces(self, faces):
+            k = faces[:, 0, 0, 0] * 255.0  # the stamped grid frame
+            return torch.stack([torch.cos(k * 0.2), torch.sin(k * 0.2)], dim=1)
+
+        def embed_audio(self, audio):
+            k = audio[:, 0, 0, 0] / 3.2
+            return torch.stack([torch.cos(k * 0.2), torch.sin(k * 0.2)], dim=1)
+
+    recipe = load_train_config().validation
+    validate = WindowAUC([_synthetic_clip("v", 60, 0)], recipe)
+    assert validate(Oracle()) == 1.0
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path, dev_clip):
+    """Two short real clips, a few steps: the mechanics of a run, not its accuracy."""
+    import subprocess
+
+    data = tmp_path / "data" / "wild"
+    data.mkdir(parents=True)
+    for i, start in enumerate(("0", "2")):
+        subprocess.run(["ffmpeg", "-v", "error", "-ss", start, "-t", "2", "-i", str(dev_clip), str(data / f"c{i}.mp4")],
+                       check=True)
+    recipe = load_train_config()
+    recipe.data.train = recipe.data.validation = [str(data)]
+    recipe.run_dir = str(tmp_path / "run")
+    recipe.cache_dir = str(tmp_path / "cache")
+    recipe.prepare_workers = 1
+    recipe.batch.clips = 2
+    recipe.optim.max_steps = 2
+    recipe.validation.every_steps = 1
+    return recipe
+
+
+def test_a_run_writes_loadable_weights_and_resumes(tiny_recipe, tmp_path):
+    out = tmp_path / "w.safetensors"
+    train_model(tiny_recipe, load_config(), out=out)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and all(0.0 <= r["validation_auc"] <= 1.0 for r in log)
+    scorer = load_scorer(load_config(overrides={"model.weights": str(out)}).model)
+    assert scorer.model.arch == "compact"
+
+    with pytest.raises(RtdiarError, match="exists"):
+        train_model(tiny_recipe, load_config(), out=out)
+    with pytest.raises(RtdiarError, match="--resume"):
+        train_model(tiny_recipe, load_config(), out=tmp_path / "other.safetensors")
+    tiny_recipe.optim.max_steps = 3
+    train_model(tiny_recipe, load_config(), out=out, resume=True, overwrite=True)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]  # continued, not restarted
