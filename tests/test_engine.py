@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import DEV_WILD, SHARED, count_frames
+from conftest import DEV_WILD, count_frames
 from rtdiar.engine import Diarizer
 from rtdiar.sources import FileSource
 
@@ -92,8 +92,8 @@ def test_thirty_fps_clip_is_windowed_at_25_fps(config):
     assert scorer.calls
 
 
-def test_audio_is_aligned_on_stream_start_times(config):
+def test_audio_is_aligned_on_stream_start_times(config, shared_dir):
     """hamilton's video starts 0.85 s into the file and its audio at 0.01 s: ring sample 0 is at the first frame."""
-    clip = SHARED / "data" / "dev" / "multi" / "hamilton_two_faces_one_singer.mp4"
+    clip = shared_dir / "data" / "dev" / "multi" / "hamilton_two_faces_one_singer.mp4"
     source = FileSource(clip, None, "fast", config.video, config.audio)
     assert source.audio_offset_s == pytest.approx(0.852 - 0.008, abs=0.002)
