@@ -60,6 +60,7 @@ class OptimRecipe:
     time_budget_min: float
     max_steps: int
     warmup_steps: int
+    schedule: str
     init_logit_scale: float
 
 
@@ -295,6 +296,16 @@ def train_model(recipe: TrainConfig, config: Config, out: Path | None = None,
     return out
 
 
+def learning_rate(optim: OptimRecipe, step: int) -> float:
+    """Linear warm-up, then constant or a cosine decay to zero at `max_steps`."""
+    warm = min(1.0, (step + 1) / optim.warmup_steps)
+    if optim.schedule == "cosine":
+        return optim.lr * warm * 0.5 * (1.0 + math.cos(math.pi * min(step / optim.max_steps, 1.0)))
+    if optim.schedule == "constant":
+        return optim.lr * warm
+    raise RtdiarError(f"unknown optim.schedule '{optim.schedule}' (constant or cosine)")
+
+
 class _Trainer:
     """The optimisation loop with its state, so a checkpoint can resume it exactly."""
 
@@ -332,7 +343,7 @@ class _Trainer:
         return self.run_dir / "best.safetensors"
 
     def _step(self, batch: dict[str, np.ndarray]) -> float:
-        lr = self.recipe.optim.lr * min(1.0, (self.step + 1) / self.recipe.optim.warmup_steps)
+        lr = learning_rate(self.recipe.optim, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         faces = augment_faces(pack_faces(torch.from_numpy(batch["faces"])), self.recipe.augment, self.generator)

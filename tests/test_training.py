@@ -131,3 +131,17 @@ def test_a_run_writes_loadable_weights_and_resumes(tiny_recipe, tmp_path):
     train_model(tiny_recipe, load_config(), out=out, resume=True, overwrite=True)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]  # continued, not restarted
+
+
+def test_learning_rate_warms_up_then_follows_the_schedule():
+    from rtdiar.training import learning_rate
+
+    optim = load_train_config().optim
+    optim.lr, optim.warmup_steps, optim.max_steps = 1e-3, 10, 100
+    optim.schedule = "constant"
+    assert learning_rate(optim, 0) == pytest.approx(1e-4) and learning_rate(optim, 50) == pytest.approx(1e-3)
+    optim.schedule = "cosine"
+    assert learning_rate(optim, 50) == pytest.approx(0.5e-3) and learning_rate(optim, 100) == pytest.approx(0.0)
+    optim.schedule = "step"
+    with pytest.raises(RtdiarError, match="schedule"):
+        learning_rate(optim, 1)
