@@ -35,6 +35,7 @@ FMAX_HZ = 7600.0
 REF_LEVEL_DB = 20.0
 MIN_LEVEL_DB = -100.0
 MAX_ABS_VALUE = 4.0
+MEL_SILENCE = -MAX_ABS_VALUE  # the normalised mel of digital silence: what pads audio beyond a clip
 HALF_WIN_SAMPLES = WIN_SAMPLES // 2  # frame m is centred on sample m * HOP_SAMPLES
 
 VAD_CHUNK_SAMPLES = 512  # the only chunk size Silero VAD accepts at 16 kHz

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from rtdiar.audio import wav2lip_melspectrogram
+from rtdiar.audio import MEL_SILENCE, wav2lip_melspectrogram
 from rtdiar.config import Config
 from rtdiar.sources import FileSource
 from rtdiar.tracking import FaceDetector, IoUTracker, crop_mouth_region
-from rtdiar.windows import mel_start_index, nearest_frames
+from rtdiar.windows import MEL_FPS, mel_start_index, nearest_frames
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rtdiar" / "prepared"
 PREP_VERSION = 1  # bump when the preprocessing code changes what it writes
@@ -56,13 +56,29 @@ class PreparedClip:
         ±`max_shift` frames lies inside the clip."""
         valid_run = np.convolve(self.valid.astype(int), np.ones(frames, int), "valid") == frames
         starts = np.flatnonzero(valid_run)
-        lo = np.array([self.mel_index(k - max_shift) for k in starts])
-        hi = np.array([self.mel_index(k + max_shift) + mel_frames for k in starts])
-        return starts[(lo >= 0) & (hi <= self.mel.shape[1])] if len(starts) else starts
+        fits = self.audio_inside(starts - max_shift, mel_frames) & self.audio_inside(starts + max_shift, mel_frames)
+        return starts[fits]
 
-    def mel_index(self, k: int) -> int:
-        """First mel frame of the window whose first video frame is grid frame k."""
+    def mel_index(self, k: int | np.ndarray) -> int | np.ndarray:
+        """First mel frame of the window whose first video frame is grid frame k (or an array of them)."""
+        if np.ndim(k):
+            return np.floor((self.first_frame + np.asarray(k)) / self.fps * MEL_FPS + 0.5).astype(int)
         return mel_start_index((self.first_frame + k) / self.fps)
+
+    def audio_inside(self, k: np.ndarray, mel_frames: int = 16) -> np.ndarray:
+        """Whether the audio windows starting at grid frames `k` lie wholly inside the clip's mel."""
+        first = self.mel_index(np.atleast_1d(k))
+        return (first >= 0) & (first + mel_frames <= self.mel.shape[1])
+
+    def mel_windows(self, k: np.ndarray, mel_frames: int = 16, mel: np.ndarray | None = None) -> np.ndarray:
+        """(len(k), 80, mel_frames) audio windows at grid frames `k`, of `mel` (default the clip's own,
+        or a shifted copy on the same timeline), silence beyond its ends (as syncnet_python pads)."""
+        mel = self.mel if mel is None else mel
+        first = self.mel_index(np.asarray(k))
+        before = max(0, -int(first.min()))
+        after = max(0, int(first.max()) + mel_frames - mel.shape[1])
+        padded = np.pad(mel, ((0, 0), (before, after)), constant_values=MEL_SILENCE)
+        return np.ascontiguousarray(padded[:, (first + before)[:, None] + np.arange(mel_frames)].transpose(1, 0, 2))
 
     def mel_window(self, k: int, shift: int = 0, mel_frames: int = 16) -> np.ndarray:
         """(80, mel_frames) audio of the window at grid frame k, taken `shift` frames later (negative: earlier)."""

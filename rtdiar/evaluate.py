@@ -24,12 +24,12 @@ from scipy.stats import rankdata
 from tqdm import tqdm
 
 from rtdiar import dataset
-from rtdiar.audio import VoiceActivity
+from rtdiar.audio import MEL_SILENCE, VoiceActivity
 from rtdiar.config import PROJECT_ROOT, Config
 from rtdiar.dataset import PreparedClip
 from rtdiar.errors import RtdiarError
 from rtdiar.inference import SyncScorer
-from rtdiar.offset import MEL_SILENCE, estimate_offset
+from rtdiar.offset import estimate_offset
 from rtdiar.sources import FileSource
 from rtdiar.types import FrameResult
 from rtdiar.windows import MEL_FPS
@@ -111,17 +111,6 @@ def roc_auc(positives: np.ndarray, negatives: np.ndarray) -> float | None:
     return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * len(negatives)))
 
 
-def audio_embeddings(scorer: SyncScorer, clip: PreparedClip, mel: np.ndarray, grid: np.ndarray,
-                     mel_frames: int) -> np.ndarray:
-    """Embeddings of `mel`'s audio windows at the clip's grid frames `grid`, silence beyond its ends."""
-    first = np.array([clip.mel_index(int(k)) for k in grid])
-    before = max(0, -int(first.min()))
-    padded = np.pad(mel, ((0, 0), (before, max(0, int(first.max()) + mel_frames - mel.shape[1]))),
-                    constant_values=MEL_SILENCE)
-    windows = padded[:, (first + before)[:, None] + np.arange(mel_frames)]  # (80, len(grid), mel_frames)
-    return scorer.audio_embeddings(np.ascontiguousarray(windows.transpose(1, 0, 2)))
-
-
 def speech_windows(clip: PreparedClip, starts: np.ndarray, wave: np.ndarray, config: Config) -> np.ndarray:
     """Which windows' own audio is speech, by the engine's VAD rule (the clip's audio, sample 0 at t = 0)."""
     sample_rate = config.audio.sample_rate
@@ -141,10 +130,9 @@ def embed_clip(clip: PreparedClip, wave: np.ndarray, scorer: SyncScorer, config:
         return None
     faces = scorer.face_embeddings(np.stack([clip.crops[k:k + frames] for k in starts]))
     grid = np.arange(starts[0] - OFFSET_SEARCH, starts[-1] + OFFSET_SEARCH + 1)
-    audio = {shift: audio_embeddings(scorer, clip, shift_mel(clip.mel, shift, clip.fps), grid, mel_frames)
+    audio = {shift: scorer.audio_embeddings(clip.mel_windows(grid, mel_frames, shift_mel(clip.mel, shift, clip.fps)))
              for shift in APPLIED_SHIFTS}
-    first = np.array([[clip.mel_index(int(k) + s) for s in OFF_SYNC_SHIFTS] for k in starts])
-    inside = (first >= 0) & (first + mel_frames <= clip.mel.shape[1])
+    inside = clip.audio_inside(starts[:, None] + np.array(OFF_SYNC_SHIFTS), mel_frames)
     return ClipEmbeddings(clip.name, starts, faces, audio, speech_windows(clip, starts, wave, config), inside)
 
 

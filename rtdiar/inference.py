@@ -101,9 +101,7 @@ def load_scorer(cfg: ModelConfig) -> SyncScorer:
     path = cfg.weights_path()
     arch = cfg.arch
     if arch == "auto":
-        if not path.exists():
-            raise RtdiarError(f"no weights at {path}: pass --weights FILE (an rtdiar .safetensors or Wav2Lip's lipsync_expert.pth)")
-        arch = weights_arch(path) or "wav2lip"
+        arch = (weights_arch(path) if path.exists() else None) or "wav2lip"
     model = build_model(arch)
     if not any(True for _ in model.parameters()):
         return SyncScorer(model, device)  # a training-free scorer has nothing to load

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from rtdiar.audio import MAX_ABS_VALUE
 from rtdiar.config import Config, WindowConfig
 from rtdiar.dataset import PreparedClip, track_clip
 from rtdiar.errors import RtdiarError
@@ -31,7 +30,6 @@ from rtdiar.media import MediaInfo, probe, require_tool
 from rtdiar.tracking import FaceDetector
 
 SIGN_CONVENTION = "positive: audio lags video (the sound comes later than the lips); the fix moves the audio earlier"
-MEL_SILENCE = -MAX_ABS_VALUE  # Wav2Lip's normalised mel of digital silence: audio beyond the clip
 
 
 @dataclass
@@ -94,12 +92,7 @@ def window_similarities(clip: PreparedClip, scorer: SyncScorer, max_shift: int,
     span = np.moveaxis(sliding_window_view(clip.crops, frames, axis=0), -1, 1)[starts[0]:starts[-1] + 1]
     faces = scorer.face_embeddings(span)[starts - starts[0]]
     grid = np.arange(starts[0] - max_shift, starts[-1] + max_shift + 1)  # every audio window a shift needs
-    first = np.array([clip.mel_index(int(k)) for k in grid])
-    before = max(0, -first.min())
-    after = max(0, first.max() + mel_frames - clip.mel.shape[1])
-    mel = np.pad(clip.mel, ((0, 0), (before, after)), constant_values=MEL_SILENCE)
-    mels = sliding_window_view(mel, mel_frames, axis=1)[:, first + before].transpose(1, 0, 2)
-    audio = scorer.audio_embeddings(np.ascontiguousarray(mels))
+    audio = scorer.audio_embeddings(clip.mel_windows(grid, mel_frames))
     # column i pairs window k with audio window k + i - max_shift, i.e. row k - starts[0] + i of `audio`
     return np.stack([np.einsum("kd,kd->k", faces, audio[starts - starts[0] + i])
                      for i in range(2 * max_shift + 1)], axis=1)
@@ -111,11 +104,8 @@ def analyse_clip(path: Path, config: Config, scorer: SyncScorer, max_shift: int)
         raise RtdiarError("max_shift must be at least 1 frame")
     if not probe(path).has_audio:
         raise RtdiarError(f"{path} has no audio stream: there is no sound to line up with the lips")
-    detector = FaceDetector(config.detector)
-    try:
+    with FaceDetector(config.detector) as detector:
         clip = track_clip(Path(path), config, detector)
-    finally:
-        detector.close()
     if clip is None:
         raise RtdiarError(f"{path}: no face found, so no lips to line the sound up with")
     sims = window_similarities(clip, scorer, max_shift, config.window)

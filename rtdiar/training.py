@@ -123,10 +123,12 @@ class ClipBank:
 
     def __init__(self, clips: list[PreparedClip], weights: np.ndarray, recipe: BatchRecipe) -> None:
         self.recipe = recipe
-        self.clips = [c for c in clips if len(c.window_starts()) >= 2]
-        if not self.clips:
+        starts = [c.window_starts() for c in clips]  # once: they do not change between batches
+        kept = np.array([len(s) >= 2 for s in starts])
+        if not kept.any():
             raise RtdiarError("no training clip holds two 5-frame windows with a tracked face")
-        kept = np.array([len(c.window_starts()) >= 2 for c in clips])
+        self.clips = [c for c, keep in zip(clips, kept) if keep]
+        self.starts = [s for s, keep in zip(starts, kept) if keep]
         self.weights = np.asarray(weights, np.float64)[kept]
         self.weights /= self.weights.sum()
 
@@ -137,14 +139,16 @@ class ClipBank:
         for slot, index in enumerate(rng.choice(len(self.clips), count, replace=False, p=self.weights)):
             clip = self.clips[index]
             first, last = self._segment(clip, rng)
-            positions = [p for p in range(first, last + 1) if _audio_fits(clip, p)]
-            starts = [k for k in clip.window_starts() if first <= k <= last and k in positions]
+            positions = np.arange(first, last + 1)
+            positions = positions[clip.audio_inside(positions)]
+            starts = self.starts[index]  # their audio lies inside the clip too
+            starts = starts[(starts >= first) & (starts <= last)]
             chosen = rng.choice(starts, min(len(starts), self.recipe.windows_per_clip), replace=False)
             faces += [clip.crops[k:k + 5] for k in chosen]
             video_key += [(slot, k) for k in chosen]
-            mels += [clip.mel_window(p) for p in positions]
+            mels.append(clip.mel_windows(positions))
             audio_key += [(slot, p) for p in positions]
-        return {"faces": np.stack(faces), "mels": np.stack(mels),
+        return {"faces": np.stack(faces), "mels": np.concatenate(mels),
                 "video_key": np.array(video_key), "audio_key": np.array(audio_key)}
 
     def _segment(self, clip: PreparedClip, rng: np.random.Generator) -> tuple[int, int]:
@@ -153,11 +157,6 @@ class ClipBank:
         last_start = len(clip.crops) - 5
         first = int(rng.integers(0, max(last_start - span, 0) + 1))
         return first, min(first + span, last_start)
-
-
-def _audio_fits(clip: PreparedClip, k: int, mel_frames: int = 16) -> bool:
-    start = clip.mel_index(k)
-    return start >= 0 and start + mel_frames <= clip.mel.shape[1]
 
 
 def contrastive_loss(face_emb: torch.Tensor, audio_emb: torch.Tensor, video_key: torch.Tensor,
@@ -241,7 +240,7 @@ class WindowAUC:
                 face = len(faces)
                 faces.append(clip.crops[k:k + 5])
                 for shift in [0, *recipe.off_shifts]:
-                    if _audio_fits(clip, k + shift):
+                    if clip.audio_inside(k + shift)[0]:
                         pairs.append((face, len(mels), shift == 0))
                         mels.append(clip.mel_window(k, shift))
         if not pairs:

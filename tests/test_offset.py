@@ -19,11 +19,12 @@ import soundfile
 
 from conftest import count_frames
 from rtdiar import inference
+from rtdiar.audio import MEL_SILENCE
 from rtdiar.cli import main
 from rtdiar.config import Config, load_config
 from rtdiar.dataset import PreparedClip, track_clip
 from rtdiar.errors import RtdiarError
-from rtdiar.offset import MEL_SILENCE, analyse_clip, estimate_offset, write_fixed
+from rtdiar.offset import analyse_clip, estimate_offset, write_fixed
 from rtdiar.sources import FileSource
 from rtdiar.tracking import FaceDetector
 
