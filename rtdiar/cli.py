@@ -26,6 +26,7 @@ other commands (each has --help):
   rtdiar offset FILE [--json] [--fix OUT]           audio-video offset of a clip and its confidence
   rtdiar train                                       train the lip-sync expert (configs/train.yaml)
   rtdiar evaluate                                    the model's figures on unseen people (../shared/data/dev)
+  rtdiar bench [--speed | --soak]                    who-speaks accuracy on composite meetings; speed; soak
 """
 
 
@@ -67,6 +68,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
     tune.add_argument("--arch", metavar="NAME",
                       help="model architecture (default: configs/default.yaml, or what an rtdiar weights file names)")
     tune.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the model runs (auto: CUDA if available)")
+    tune.add_argument("--runtime", choices=("auto", "torch", "onnx"),
+                      help="what runs the model (auto: ONNX Runtime on the CPU, torch on CUDA; the baseline always runs in torch)")
     return tune
 
 
@@ -76,6 +79,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "model.weights": args.weights,
         "model.arch": args.arch,
         "model.device": args.device,
+        "model.runtime": args.runtime,
         "model.stride_frames": getattr(args, "stride", None),
         "decision.smooth_windows": getattr(args, "smooth", None),
         "decision.threshold": getattr(args, "threshold", None),
@@ -288,12 +292,18 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     parser = _command_parser(
         "evaluate", "The lip-sync figures on unseen people (../shared/data/dev): window AUC, clip offset, "
                     "two faces one voice, and the singer in hamilton.")
+    add_report_arguments(parser, "prepared-clip cache (default: ~/.cache/rtdiar/prepared)")
+    return parser
+
+
+def add_report_arguments(parser: argparse.ArgumentParser, cache_help: str) -> None:
+    """Where the dev data and the cache are, the JSON copy of the figures, and the model flags:
+    shared by the commands that measure (evaluate, bench)."""
     parser.add_argument("--data", metavar="DIR", type=Path, help="dev folder (default: ../shared/data/dev beside the project)")
-    parser.add_argument("--cache", metavar="DIR", type=Path, help="prepared-clip cache (default: ~/.cache/rtdiar/prepared)")
+    parser.add_argument("--cache", metavar="DIR", type=Path, help=cache_help)
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write the figures as JSON")
     parser.add_argument("--overwrite", action="store_true", help="replace --json PATH if it exists")
     add_model_arguments(parser)
-    return parser
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -313,11 +323,86 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def build_bench_parser() -> argparse.ArgumentParser:
+    parser = _command_parser(
+        "bench", "Benchmarks. Default: who-speaks accuracy on composite meetings of unseen people (exact truth) and on "
+                 "dev/multi's real recordings, each run through `rtdiar --video ... --no-window --jsonl`.")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--speed", action="store_true",
+                       help="instead: per-stage time, throughput and realtime latency with 1/2/4/8 faces, per model and runtime")
+    which.add_argument("--soak", action="store_true", help="instead: a long replay (configs/bench.yaml soak.minutes) "
+                                                         "in realtime and in fast pace; latency, memory and drops")
+    parser.add_argument("--bench-config", metavar="FILE", type=Path, help="overrides configs/bench.yaml")
+    parser.add_argument("--out", metavar="DIR", type=Path, default=Path("runs/bench"),
+                        help="where the accuracy runs' JSON lines go (default runs/bench; replaced on every run)")
+    add_report_arguments(parser, "rendered meetings (default: ~/.cache/rtdiar/composites)")
+    return parser
+
+
+def bench(args: argparse.Namespace) -> int:
+    """`rtdiar bench`: print the benchmark's tables (Markdown, as docs/BENCHMARKS.md quotes them)."""
+    import json
+
+    from rtdiar import bench as accuracy
+    from rtdiar.outputs import check_output_path
+
+    out_json = check_output_path(args.json, args.overwrite, []) if args.json is not None else None
+    cfg = accuracy.load_bench_config(args.bench_config)
+    places = {"data_dir": args.data or accuracy.DEV_DATA, "cache_dir": args.cache or accuracy.COMPOSITE_CACHE}
+    run_bench = _bench_speed if args.speed else _bench_soak if args.soak else _bench_accuracy
+    figures = run_bench(args, cfg, places)
+    if out_json is not None:
+        out_json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+def _bench_accuracy(args: argparse.Namespace, cfg, places: dict) -> dict:
+    from rtdiar import bench as accuracy
+
+    config = config_from_args(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    figures = {"meetings": accuracy.bench_meetings(cfg, config, args.out, _model_flags(args), **places),
+               "recordings": accuracy.bench_recordings(config, args.out, _model_flags(args), places["data_dir"])}
+    print(accuracy.format_accuracy(figures["meetings"], cfg.scoring.collar_s))
+    print()
+    print(accuracy.format_recordings(figures["recordings"]))
+    return figures
+
+
+def _model_flags(args: argparse.Namespace) -> list[str]:
+    """The model settings given to `rtdiar bench`, as flags for the `rtdiar` runs it starts."""
+    flags = []
+    for name in ("config", "weights", "arch", "device", "runtime"):
+        value = getattr(args, name, None)
+        if value is not None:
+            flags += [f"--{name}", str(value)]
+    return flags
+
+
+def _bench_speed(args: argparse.Namespace, cfg, places: dict) -> dict:
+    from rtdiar.speed import format_model, format_speed, run_speed_bench
+
+    figures = run_speed_bench(cfg, args.config, config_from_args(args), places["cache_dir"], places["data_dir"])
+    print(format_speed(figures["runs"]))
+    print()
+    print(format_model(figures["model_ms"]))
+    return figures
+
+
+def _bench_soak(args: argparse.Namespace, cfg, places: dict) -> dict:
+    from rtdiar.speed import format_soak, run_soak
+
+    runs = run_soak(cfg, config_from_args(args), places["cache_dir"], places["data_dir"])
+    print(format_soak(runs))
+    return {"soak": runs}
+
+
 # `rtdiar NAME ...` runs a command; anything else is the main job (`rtdiar --camera 0`).
 COMMANDS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {
     "offset": (build_offset_parser, offset),
     "train": (build_train_parser, train),
     "evaluate": (build_evaluate_parser, evaluate),
+    "bench": (build_bench_parser, bench),
 }
 
 

@@ -64,6 +64,7 @@ class ModelConfig:
     arch: str
     weights: str
     device: str
+    runtime: str
     stride_frames: int
 
     def weights_path(self) -> Path:

@@ -20,11 +20,22 @@ from rtdiar.decision import CausalSmoother, SpeakerDecision
 from rtdiar.errors import RtdiarError
 from rtdiar.inference import SyncScorer
 from rtdiar.sources import VideoFrame
+from rtdiar.timing import StageTimes
 from rtdiar.tracking import FaceDetector, IoUTracker, crop_mouth_region
 from rtdiar.types import FaceResult, FrameResult
 from rtdiar.windows import CropHistory, audio_end_sample, mel_start_index, window_times
 
 _END = object()  # sentinel: the video stream ended
+DETECTED_AHEAD = 2  # frames detected and waiting for processing
+
+
+@dataclass
+class _Detected:
+    """A frame with its face detections, from the detection thread to processing."""
+
+    frame: VideoFrame
+    boxes: np.ndarray
+    scores: np.ndarray
 
 
 @dataclass
@@ -62,6 +73,7 @@ class Diarizer:
         self._dropped = 0
         self._audio_consumed = 0
         self._source = None
+        self.times = StageTimes()  # per-stage seconds, for the speed benchmark
 
     def stop(self) -> None:
         """Ask every thread to finish; `run` then ends after the frame in hand."""
@@ -83,15 +95,19 @@ class Diarizer:
         sample_rate = self.config.audio.sample_rate
         ring = AudioRing(int(self.config.audio.ring_s * sample_rate), sample_rate)
         frames: queue.Queue = queue.Queue(maxsize=self.config.video.queue_frames)
+        # detection runs in a thread of its own, a frame ahead of processing: MediaPipe releases the
+        # GIL, so detecting frame k+1 overlaps with scoring frame k on a second core
+        detected: queue.Queue = queue.Queue(maxsize=DETECTED_AHEAD)
         source.start_clock(time.monotonic())
         threads = [
             threading.Thread(target=self._video_loop, args=(source, frames), name="video", daemon=True),
             threading.Thread(target=self._audio_loop, args=(source, ring, frames), name="audio", daemon=True),
+            threading.Thread(target=self._detect_loop, args=(frames, detected), name="detect", daemon=True),
         ]
         for thread in threads:
             thread.start()
         try:
-            yield from self._process(source, frames, ring)
+            yield from self._process(source, detected, ring)
         finally:
             self._stop.set()
             for thread in threads:
@@ -99,12 +115,42 @@ class Diarizer:
 
     def _video_loop(self, source, frames: queue.Queue) -> None:
         try:
-            for frame in source.read_frames(self._stop):
+            for frame in self._timed_frames(source):
                 self._capture_rate.tick(frame.capture_time)
                 self._enqueue(frames, frame, drop_stale=source.live)
             self._enqueue(frames, _END, drop_stale=False)
         except BaseException as exc:  # noqa: BLE001 - carried to the processing thread and re-raised there
             self._enqueue(frames, _Failure(exc), drop_stale=False)
+
+    def _timed_frames(self, source) -> Iterator[VideoFrame]:
+        """The source's frames; unpaced sources also time each read (paced ones would time their waits)."""
+        frames = source.read_frames(self._stop)
+        while True:
+            start = time.perf_counter()
+            frame = next(frames, None)
+            if frame is None:
+                return
+            if not source.live:
+                self.times.add("decode", time.perf_counter() - start)
+            yield frame
+
+    def _detect_loop(self, frames: queue.Queue, detected: queue.Queue) -> None:
+        """Faces of every frame, in order; control items (end, failures) pass through."""
+        try:
+            with FaceDetector(self.config.detector) as detector:
+                while not self._stop.is_set():
+                    try:
+                        item = frames.get(timeout=0.1)
+                    except queue.Empty:
+                        continue
+                    if isinstance(item, VideoFrame):
+                        with self.times.stage("detect"):
+                            item = _Detected(item, *detector.detect(item.image))
+                    self._enqueue(detected, item, drop_stale=False)
+                    if not isinstance(item, _Detected):
+                        return
+        except BaseException as exc:  # noqa: BLE001 - carried to the processing thread and re-raised there
+            self._enqueue(detected, _Failure(exc), drop_stale=False)
 
     def _audio_loop(self, source, ring: AudioRing, frames: queue.Queue) -> None:
         try:
@@ -114,10 +160,14 @@ class Diarizer:
             self._enqueue(frames, _Failure(exc), drop_stale=False)
 
     def _enqueue(self, frames: queue.Queue, item: object, drop_stale: bool) -> None:
-        """Live sources drop the stalest frame when processing lags; files and control items wait."""
+        """Live sources drop the stalest frame when processing lags, at once (a camera does not wait
+        for its reader); files and control items wait for room."""
         while not self._stop.is_set():
             try:
-                frames.put(item, timeout=0.1)
+                if drop_stale:
+                    frames.put_nowait(item)
+                else:
+                    frames.put(item, timeout=0.1)
                 return
             except queue.Full:
                 if drop_stale:
@@ -127,37 +177,40 @@ class Diarizer:
                     except queue.Empty:
                         pass
 
-    def _process(self, source, frames: queue.Queue, ring: AudioRing) -> Iterator[FrameResult]:
+    def _process(self, source, detected: queue.Queue, ring: AudioRing) -> Iterator[FrameResult]:
         cfg = self.config
-        detector = FaceDetector(cfg.detector)
         tracker = IoUTracker(cfg.tracker)
-        stream = _AudioFeatures(cfg, ring)
+        stream = _AudioFeatures(cfg, ring, self.times)
         smoother = CausalSmoother(cfg.decision.smooth_windows)
         decision = SpeakerDecision(cfg.decision)
         histories: dict[int, CropHistory] = {}
-        try:
-            while True:
-                item = frames.get()
-                if item is _END:
-                    return
-                if isinstance(item, _Failure):
-                    raise item.error
-                frame: VideoFrame = item
-                tracks = tracker.update(*detector.detect(frame.image))
+        while not self._stop.is_set():
+            try:
+                item = detected.get(timeout=0.1)
+            except queue.Empty:
+                continue  # a stop asked for meanwhile ends the loop
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            frame: VideoFrame = item.frame
+            with self.times.stage("track"):
+                tracks = tracker.update(item.boxes, item.scores)
                 for ended in tracker.ended_ids():
                     histories.pop(ended, None)
                     smoother.forget(ended)
+            with self.times.stage("crop"):
                 for track in tracks:
-                    if track.id not in histories:
-                        histories[track.id] = CropHistory()
-                    histories[track.id].add(
+                    histories.setdefault(track.id, CropHistory()).add(
                         frame.t, crop_mouth_region(frame.image, track.box, cfg.tracker, cfg.window.crop_px))
-                t_audio = frame.t - self._audio_start(source, ring)
-                stream.advance_to(audio_end_sample(t_audio, cfg.window, cfg.audio.sample_rate), self._stop)
-                self._audio_consumed = stream.consumed
-                raw = {}
-                if frame.index % cfg.model.stride_frames == 0:
+            t_audio = frame.t - self._audio_start(source, ring)
+            stream.advance_to(audio_end_sample(t_audio, cfg.window, cfg.audio.sample_rate), self._stop)
+            self._audio_consumed = stream.consumed
+            raw = {}
+            if frame.index % cfg.model.stride_frames == 0:
+                with self.times.stage("model"):
                     raw = self._score(tracks, histories, frame.t, stream.mel_window(t_audio))
+            with self.times.stage("decision"):
                 faces = [FaceResult(track.id, tuple(float(v) for v in track.box),
                                     smoother.add(track.id, raw[track.id]) if track.id in raw
                                     else smoother.value(track.id), raw_score=raw.get(track.id))
@@ -166,13 +219,11 @@ class Diarizer:
                 speaker = decision.update(frame.t, {f.id: f.score for f in faces}, speech)
                 for face in faces:
                     face.speaking = face.id == speaker
-                now = time.monotonic()
-                self._latency_ms = (now - frame.capture_time) * 1000.0
-                self._processing_rate.tick(now)
-                yield FrameResult(frame.index, frame.t, faces, speaker, self._latency_ms, speech,
-                                  frame.image, frame.capture_time)
-        finally:
-            detector.close()
+            now = time.monotonic()
+            self._latency_ms = (now - frame.capture_time) * 1000.0
+            self._processing_rate.tick(now)
+            yield FrameResult(frame.index, frame.t, faces, speaker, self._latency_ms, speech,
+                              frame.image, frame.capture_time)
 
     def _score(self, tracks, histories: dict[int, CropHistory], t: float,
                mel: np.ndarray | None) -> dict[int, float]:
@@ -200,9 +251,10 @@ class Diarizer:
 class _AudioFeatures:
     """Pulls new samples from the ring into the incremental mel and the VAD, in order."""
 
-    def __init__(self, cfg: Config, ring: AudioRing) -> None:
+    def __init__(self, cfg: Config, ring: AudioRing, times: StageTimes) -> None:
         self.cfg = cfg
         self.ring = ring
+        self.times = times
         self.consumed = 0
         sample_rate = cfg.audio.sample_rate
         self.mel = MelBuffer(int(cfg.audio.ring_s * 80), sample_rate)
@@ -219,8 +271,10 @@ class _AudioFeatures:
             available = self.ring.written
             if available > self.consumed:
                 block = self.ring.read(self.consumed, available)
-                self.mel.push(block)
-                self.vad.push(block)
+                with self.times.stage("mel"):
+                    self.mel.push(block)
+                with self.times.stage("vad"):
+                    self.vad.push(block)
                 self.consumed = available
             elif self.ring.closed:
                 self.mel.finish()

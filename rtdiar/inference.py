@@ -1,6 +1,8 @@
-"""Runs a SyncNet on windows: packs crops and mel into tensors, batches, moves them to the device."""
+"""Runs a SyncNet on windows: packs crops and mel into tensors, batches, runs the towers in torch or ONNX Runtime."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -10,9 +12,11 @@ from torch import nn
 from rtdiar.config import ModelConfig
 from rtdiar.errors import RtdiarError
 from rtdiar.model import build_model, load_weights, weights_arch
+from rtdiar.onnx_backend import OnnxTowers  # light: onnxruntime itself is imported when a session is made
 
 WINDOW_SHAPE = (5, 48, 96, 3)  # frames, height, width, BGR
 MEL_SHAPE = (80, 16)  # mel bands, 80 Hz frames (0.2 s)
+RUNTIMES = ("auto", "torch", "onnx")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -34,6 +38,25 @@ def resolve_device(name: str) -> torch.device:
     raise RtdiarError(f"unknown device '{name}' (auto, cpu, cuda or cuda:N)")
 
 
+def resolve_runtime(name: str, device: torch.device, trained: bool) -> str:
+    """`torch` or `onnx` for the configured runtime on `device`.
+
+    `auto` takes ONNX Runtime for a learned model on the CPU (faster there) and eager torch on CUDA
+    (this onnxruntime is the CPU build). The parameter-free baseline always runs in torch: it has no
+    weights to speed up, and its graph does not export with a free batch size.
+    """
+    if name not in RUNTIMES:
+        raise RtdiarError(f"unknown runtime '{name}' (auto, torch or onnx)")
+    if name == "onnx" and device.type != "cpu":
+        raise RtdiarError(f"runtime onnx runs on the CPU only (this onnxruntime is the CPU build): "
+                          f"use --runtime torch on {device.type.upper()}, or --device cpu")
+    if not trained:
+        return "torch"
+    if name == "auto":
+        return "onnx" if device.type == "cpu" else "torch"
+    return name
+
+
 def pack_faces(crops: torch.Tensor) -> torch.Tensor:
     """(N, 5, 48, 96, 3) uint8 BGR -> (N, 15, 48, 96) float in [0, 1]: as Wav2Lip, the 5 frames
     concatenated on the channel axis. Training packs with this too, so both see the same tensor."""
@@ -42,13 +65,74 @@ def pack_faces(crops: torch.Tensor) -> torch.Tensor:
     return stacked.float() / 255.0
 
 
-class SyncScorer:
-    """Sync score of every face window against one mel window: one audio pass, one batch of faces."""
+class FaceTower(nn.Module):
+    """(N, 5, 48, 96, 3) uint8 crops -> (N, D) embeddings: packing and face tower as one module, so
+    torch runs it and ONNX Runtime runs its export from the same code."""
 
-    def __init__(self, model: nn.Module, device: torch.device) -> None:
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_faces(pack_faces(crops))
+
+
+class AudioTower(nn.Module):
+    """(M, 80, 16) mel windows -> (M, D) embeddings."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, mels: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_audio(mels.unsqueeze(1))
+
+
+class TorchTowers:
+    """The towers run eagerly by torch on `device`: numpy in, (N, D) float32 embeddings out."""
+
+    def __init__(self, face_tower: nn.Module, audio_tower: nn.Module, device: torch.device) -> None:
+        self._face_tower, self._audio_tower, self._device = face_tower, audio_tower, device
+
+    def faces(self, windows: np.ndarray) -> np.ndarray:
+        # the uint8 crops go to the device as they are (4x less to copy) and become float there
+        return self._run(self._face_tower, windows)
+
+    def audio(self, mels: np.ndarray) -> np.ndarray:
+        return self._run(self._audio_tower, mels)
+
+    def _run(self, tower: nn.Module, inputs: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return tower(torch.from_numpy(inputs).to(self._device)).float().cpu().numpy()
+
+
+def onnx_towers(face_tower: nn.Module, audio_tower: nn.Module) -> OnnxTowers:
+    """The towers exported to ONNX Runtime sessions on the CPU, with torch's thread budget."""
+    examples = torch.zeros((2, *WINDOW_SHAPE), dtype=torch.uint8), torch.zeros((2, *MEL_SHAPE))
+    return OnnxTowers(face_tower, audio_tower, *examples, threads=torch.get_num_threads())
+
+
+class SyncScorer:
+    """Sync score of every face window against one mel window: one audio pass, one batch of faces.
+
+    Validation, packing into contiguous arrays, batching and the cosine are the same whatever the
+    runtime; only the tower calls differ (eager torch, or ONNX Runtime on the CPU).
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device, runtime: str = "torch") -> None:
         # the model needs embed_audio / embed_faces (SyncNetColor and its variants)
         self.device = device
+        self.runtime = runtime
         self.model = model.to(device).eval()
+        # the towers are put in eval mode themselves: the ONNX exporter restores each module's own
+        # training flag afterwards, and a wrapper left in training mode would switch the model's batch norm on
+        face_tower, audio_tower = FaceTower(self.model).eval(), AudioTower(self.model).eval()
+        if runtime == "torch":
+            self._towers = TorchTowers(face_tower, audio_tower, device)
+        elif runtime == "onnx":
+            self._towers = onnx_towers(face_tower, audio_tower)
+        else:
+            raise ValueError(f"runtime must be torch or onnx, got {runtime!r}")
 
     def score(self, windows: np.ndarray, mel: np.ndarray) -> np.ndarray:
         """(N, 5, 48, 96, 3) uint8 BGR crops in time order and an (80, 16) mel -> (N,) float32 cosine similarities."""
@@ -58,41 +142,32 @@ class SyncScorer:
             raise ValueError(f"mel must be (80, 16), got {mel.shape}")
         if len(windows) == 0:
             return np.zeros(0, dtype=np.float32)
-        with torch.inference_mode():
-            audio_emb = self.model.embed_audio(self._pack_mel(mel))
-            face_emb = self.model.embed_faces(self._pack_faces(windows))
-            scores = F.cosine_similarity(face_emb, audio_emb, dim=1)
-        return scores.float().cpu().numpy()
+        audio_emb = self._towers.audio(_mels(mel[None]))
+        face_emb = self._towers.faces(np.ascontiguousarray(windows))
+        return F.cosine_similarity(torch.from_numpy(face_emb), torch.from_numpy(audio_emb), dim=1).numpy()
 
     def face_embeddings(self, windows: np.ndarray, batch: int = 256) -> np.ndarray:
         """(N, 5, 48, 96, 3) uint8 crops -> (N, D) float32 unit vectors, for scoring many pairings at once
         (offset search, evaluation): the cosine of two embeddings is what `score` returns."""
-        with torch.inference_mode():
-            parts = [self.model.embed_faces(self._pack_faces(windows[i:i + batch])).float().cpu()
-                     for i in range(0, len(windows), batch)]
-        return torch.cat(parts).numpy() if parts else np.zeros((0, 0), np.float32)
+        return _batched(lambda part: self._towers.faces(np.ascontiguousarray(part)), windows, batch)
 
     def audio_embeddings(self, mels: np.ndarray, batch: int = 1024) -> np.ndarray:
         """(M, 80, 16) mel windows -> (M, D) float32 unit vectors."""
-        with torch.inference_mode():
-            parts = [self.model.embed_audio(self._pack_mels(mels[i:i + batch])).float().cpu()
-                     for i in range(0, len(mels), batch)]
-        return torch.cat(parts).numpy() if parts else np.zeros((0, 0), np.float32)
+        return _batched(lambda part: self._towers.audio(_mels(part)), mels, batch)
 
-    def _pack_faces(self, windows: np.ndarray) -> torch.Tensor:
-        # the uint8 crops go to the device as they are (4x less to copy) and become float there
-        return pack_faces(torch.from_numpy(np.ascontiguousarray(windows)).to(self.device))
 
-    def _pack_mel(self, mel: np.ndarray) -> torch.Tensor:
-        return self._pack_mels(mel[None])
+def _mels(mels: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(mels, dtype=np.float32)
 
-    def _pack_mels(self, mels: np.ndarray) -> torch.Tensor:
-        mel32 = np.ascontiguousarray(mels, dtype=np.float32)
-        return torch.from_numpy(mel32).to(self.device).reshape(-1, 1, *MEL_SHAPE)
+
+def _batched(embed: Callable[[np.ndarray], np.ndarray], items: np.ndarray, batch: int) -> np.ndarray:
+    """`embed` over `items` `batch` at a time (a strided view is copied one batch at a time, never whole)."""
+    parts = [embed(items[i:i + batch]) for i in range(0, len(items), batch)]
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
 def load_scorer(cfg: ModelConfig) -> SyncScorer:
-    """The configured network with its weights, on the configured device, ready to score.
+    """The configured network with its weights, on the configured device and runtime, ready to score.
 
     Arch `auto` takes the architecture an rtdiar weights file names, else Wav2Lip's (whose
     checkpoint names none).
@@ -103,9 +178,10 @@ def load_scorer(cfg: ModelConfig) -> SyncScorer:
     if arch == "auto":
         arch = (weights_arch(path) if path.exists() else None) or "wav2lip"
     model = build_model(arch)
-    if not any(True for _ in model.parameters()):
-        return SyncScorer(model, device)  # a training-free scorer has nothing to load
-    if not path.exists():
-        raise RtdiarError(f"no weights at {path}: pass --weights FILE (an rtdiar .safetensors or Wav2Lip's lipsync_expert.pth)")
-    load_weights(model, path)
-    return SyncScorer(model, device)
+    trained = any(True for _ in model.parameters())  # a training-free scorer has nothing to load
+    runtime = resolve_runtime(cfg.runtime, device, trained)
+    if trained:
+        if not path.exists():
+            raise RtdiarError(f"no weights at {path}: pass --weights FILE (an rtdiar .safetensors or Wav2Lip's lipsync_expert.pth)")
+        load_weights(model, path)
+    return SyncScorer(model, device, runtime)

@@ -1,0 +1,264 @@
+"""`rtdiar bench --speed` and `--soak`: where a frame's time goes, how late decisions come, how memory holds.
+
+Every run is the real engine on a composite meeting of N people (`rtdiar.composite`), in process so
+the per-stage clock (`Diarizer.times`) can be read:
+- fast pace: throughput and milliseconds per frame for each stage (decode, detect, track, crop, mel,
+  VAD, model, decision, and drawing the annotated picture, timed here on every result);
+- realtime pace: the file replayed as a camera; latency from capture to decision (p50, p95) and the
+  frames dropped because processing fell behind.
+Model variants are (arch, runtime, device); the timings do not depend on the weights' values, so an
+arch without shipped weights (wav2lip) runs with random ones.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rtdiar.bench import BenchConfig, sized_meeting
+from rtdiar.config import Config, load_config
+from rtdiar.drawing import annotate
+from rtdiar.engine import Diarizer
+from rtdiar.inference import SyncScorer, load_scorer
+from rtdiar.sources import FileSource
+
+STARTUP_S = 2.0  # realtime latency is also reported without the first seconds (model warm-up, first window)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of running the model."""
+
+    arch: str
+    runtime: str
+    device: str = "cpu"
+
+    @property
+    def label(self) -> str:
+        return f"{self.arch} / {self.runtime} / {self.device}"
+
+
+def resident_mb() -> float:
+    """This process's resident memory now (Linux /proc), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def variant_config(config_file: Path | None, variant: Variant, weights_dir: Path) -> Config:
+    """The run-time config (defaults, then the user's file) for a variant; an arch other than the
+    shipped weights' gets random weights of its own in `weights_dir`."""
+    from rtdiar.model import build_model, save_weights, weights_arch
+
+    overrides = {"model.arch": variant.arch, "model.runtime": variant.runtime, "model.device": variant.device}
+    shipped = load_config(config_file).model.weights_path()
+    if variant.arch != "baseline" and (not shipped.exists() or weights_arch(shipped) != variant.arch):
+        path = weights_dir / f"random_{variant.arch}.safetensors"
+        if not path.exists():
+            save_weights(build_model(variant.arch), path, variant.arch, {"note": "random weights, timing only"})
+        overrides["model.weights"] = str(path)
+    return load_config(config_file, overrides)
+
+
+def measure_fast(video: Path, config: Config, scorer: SyncScorer) -> dict:
+    """Throughput and per-stage milliseconds per frame, drawing included, nothing dropped."""
+    source = FileSource(video, None, "fast", config.video, config.audio)
+    diarizer = Diarizer(config, scorer)
+    frames = faces = 0
+    drawing_s = first_s = 0.0
+    start = time.perf_counter()
+    for result in diarizer.run(source):
+        first_s = first_s or time.perf_counter() - start
+        tick = time.perf_counter()
+        annotate(result.image, result)
+        drawing_s += time.perf_counter() - tick
+        frames += 1
+        faces += sum(face.score is not None for face in result.faces)
+    # throughput after the first result: start-up (detector and model warm-up, the first window) is reported apart
+    steady_s = time.perf_counter() - start - drawing_s - first_s
+    stages = diarizer.times.per_frame_ms(frames)
+    stages["drawing"] = drawing_s * 1000.0 / max(frames, 1)
+    fps = (frames - 1) / steady_s
+    return {"frames": frames, "scored_faces_per_frame": faces / max(frames, 1), "startup_s": first_s,
+            "fps": fps, "x_realtime": fps / source.fps, "stages_ms": stages, "dropped": diarizer.stats()["dropped"]}
+
+
+def measure_realtime(video: Path, config: Config, scorer: SyncScorer) -> dict:
+    """Replayed as a camera: latency percentiles from capture to decision, and dropped frames."""
+    source = FileSource(video, None, "realtime", config.video, config.audio)
+    diarizer = Diarizer(config, scorer)
+    latencies, times = [], []
+    for result in diarizer.run(source):
+        latencies.append(result.latency_ms)
+        times.append(result.t)
+    latency, t = np.array(latencies), np.array(times)
+    steady = latency[t >= STARTUP_S] if (t >= STARTUP_S).any() else latency
+    total = int(round((source.video_info.duration_s or 0.0) * source.fps))
+    return {"processed": len(latency), "frames": total, "dropped": diarizer.stats()["dropped"],
+            "latency_p50_ms": float(np.percentile(latency, 50)), "latency_p95_ms": float(np.percentile(latency, 95)),
+            "steady_p50_ms": float(np.percentile(steady, 50)), "steady_p95_ms": float(np.percentile(steady, 95))}
+
+
+def bench_speed(videos: dict[int, Path], variants: list[Variant], config_file: Path | None,
+                realtime: bool = True) -> list[dict]:
+    """Every variant on every meeting size: a fast run, then (optionally) a realtime replay."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="rtdiar-bench-") as scratch:
+        for variant in variants:
+            config = variant_config(config_file, variant, Path(scratch))
+            started = time.perf_counter()
+            scorer = load_scorer(config.model)
+            load_s = time.perf_counter() - started
+            label = Variant(variant.arch, scorer.runtime, variant.device).label  # what actually ran
+            for faces, video in sorted(videos.items()):
+                row = {"variant": label, "faces": faces, "load_s": load_s,
+                       "fast": measure_fast(video, config, scorer)}
+                if realtime:
+                    row["realtime"] = measure_realtime(video, config, scorer)
+                rows.append(row)
+                print(format_speed_row(row), flush=True)
+    return rows
+
+
+def measure_model(scorer: SyncScorer, faces: list[int], calls: int = 30) -> dict[int, float]:
+    """Milliseconds per `score` call (one audio window, N face windows) on random input, after a warm-up:
+    the model's share alone, and how many tracks it could score 25 times a second."""
+    rng = np.random.default_rng(0)
+    mel = rng.standard_normal((80, 16)).astype(np.float32)
+    timings = {}
+    for n in faces:
+        windows = rng.integers(0, 256, (n, 5, 48, 96, 3), dtype=np.uint8)
+        scorer.score(windows, mel)
+        start = time.perf_counter()
+        for _ in range(calls):
+            scorer.score(windows, mel)
+        timings[n] = (time.perf_counter() - start) * 1000.0 / calls
+    return timings
+
+
+def soak(video: Path, config: Config, scorer: SyncScorer, pace: str, window_s: float = 60.0) -> dict:
+    """One long run: latency and memory over its first and last `window_s` of video, and drops."""
+    source = FileSource(video, None, pace, config.video, config.audio)
+    diarizer = Diarizer(config, scorer)
+    duration_s = source.video_info.duration_s or 0.0
+    first, last, memory = [], [], []
+    frames = 0
+    start = time.perf_counter()
+    for result in diarizer.run(source):
+        frames += 1
+        if result.t < window_s:
+            first.append(result.latency_ms)
+        elif result.t >= duration_s - window_s:
+            last.append(result.latency_ms)
+        if frames % 250 == 1:  # every 10 s of 25 fps video, from the first frame
+            memory.append(resident_mb())
+    memory.append(resident_mb())
+    return {"pace": pace, "video_s": duration_s, "wall_s": time.perf_counter() - start, "processed": frames,
+            "dropped": diarizer.stats()["dropped"],
+            "first_min": _latency(first), "last_min": _latency(last),
+            "memory_mb_start": memory[0], "memory_mb_end": memory[-1], "memory_mb_max": max(memory)}
+
+
+def _latency(values: list[float]) -> dict:
+    if not values:
+        return {"p50_ms": None, "p95_ms": None}
+    return {"p50_ms": float(np.percentile(values, 50)), "p95_ms": float(np.percentile(values, 95))}
+
+
+def format_speed_row(row: dict) -> str:
+    """One line per run, for the progress log."""
+    fast = row["fast"]
+    text = (f"{row['variant']:<28} {row['faces']} faces: fast {fast['fps']:.1f} fps ({fast['x_realtime']:.2f}x real time, "
+            f"{fast['scored_faces_per_frame']:.2f} faces scored/frame)")
+    if "realtime" in row:
+        rt = row["realtime"]
+        text += (f"; realtime p50/p95 {rt['steady_p50_ms']:.0f}/{rt['steady_p95_ms']:.0f} ms, "
+                 f"dropped {rt['dropped']} of {rt['frames']}")
+    return text
+
+
+def format_speed(rows: list[dict]) -> str:
+    """Markdown: end-to-end figures per variant and faces, then per-stage milliseconds per frame."""
+    lines = ["| model / runtime / device | faces | scored faces per frame | fast fps | × real time | start-up s | "
+             "realtime latency p50 / p95 ms (after 2 s) | dropped in realtime |", "|" + "---|" * 8]
+    for row in rows:
+        fast, rt = row["fast"], row.get("realtime")
+        latency = f"{rt['steady_p50_ms']:.0f} / {rt['steady_p95_ms']:.0f}" if rt else "–"
+        dropped = f"{rt['dropped']} of {rt['frames']}" if rt else "–"
+        lines.append(f"| {row['variant']} | {row['faces']} | {fast['scored_faces_per_frame']:.2f} | {fast['fps']:.1f} | "
+                     f"{fast['x_realtime']:.2f} | {fast['startup_s']:.1f} | {latency} | {dropped} |")
+    stages = list(dict.fromkeys(name for row in rows for name in row["fast"]["stages_ms"]))
+    lines += ["", "| model / runtime / device | faces | " + " | ".join(stages) + " |", "|" + "---|" * (len(stages) + 2)]
+    for row in rows:
+        cells = " | ".join(f"{row['fast']['stages_ms'].get(name, 0.0):.2f}" for name in stages)
+        lines.append(f"| {row['variant']} | {row['faces']} | {cells} |")
+    return "\n".join(lines)
+
+
+def parse_variants(names: list[str]) -> list[Variant]:
+    """`arch/runtime[/device]` strings from configs/bench.yaml; CUDA variants added when torch sees a GPU."""
+    import torch
+
+    variants = [Variant(*name.split("/")) for name in names]
+    if torch.cuda.is_available():
+        archs = dict.fromkeys(v.arch for v in variants)
+        variants += [Variant(arch, "torch", "cuda") for arch in archs]
+    return variants
+
+
+def run_speed_bench(cfg: BenchConfig, config_file: Path | None, base: Config, cache_dir: Path,
+                    data_dir: Path) -> dict:
+    """The meetings of every size rendered, each variant timed on them, then the model alone."""
+    videos = {n: sized_meeting(cfg, n, cfg.speed.duration_s, cfg.speed.tile_px, f"speed{n}", cache_dir, base,
+                               data_dir).video for n in cfg.speed.faces}
+    variants = parse_variants(cfg.speed.variants)
+    rows = bench_speed(videos, variants, config_file)
+    model = {}
+    with tempfile.TemporaryDirectory(prefix="rtdiar-bench-") as scratch:
+        for variant in variants:
+            scorer = load_scorer(variant_config(config_file, variant, Path(scratch)).model)
+            model[variant.label] = measure_model(scorer, cfg.speed.model_faces)
+    return {"runs": rows, "model_ms": model}
+
+
+def run_soak(cfg: BenchConfig, config: Config, cache_dir: Path, data_dir: Path) -> list[dict]:
+    """A `soak.minutes` meeting of `soak.faces` people, replayed in realtime, then run fast."""
+    truth = sized_meeting(cfg, cfg.soak.faces, cfg.soak.minutes * 60.0, cfg.speed.tile_px, f"soak{cfg.soak.faces}",
+                          cache_dir, config, data_dir)
+    scorer = load_scorer(config.model)
+    runs = []
+    for pace in ("realtime", "fast"):
+        runs.append(soak(truth.video, config, scorer, pace))
+        print(format_soak([runs[-1]]), flush=True)
+    return runs
+
+
+def format_model(model: dict) -> str:
+    """Markdown: milliseconds per model call by number of face windows."""
+    sizes = list(dict.fromkeys(n for timings in model.values() for n in timings))
+    lines = ["| model / runtime / device | " + " | ".join(f"{n} faces" for n in sizes) + " |",
+             "|" + "---|" * (len(sizes) + 1)]
+    for label, timings in model.items():
+        lines.append(f"| {label} | " + " | ".join(f"{timings[n]:.1f}" for n in sizes) + " |")
+    return "\n".join(lines)
+
+
+def format_soak(runs: list[dict]) -> str:
+    """Markdown: one row per soak run."""
+    lines = ["| pace | video min | wall min | processed | dropped | latency p50 / p95 ms, first min | "
+             "last min | memory MB start / end / max |", "|" + "---|" * 8]
+    for run in runs:
+        first, last = run["first_min"], run["last_min"]
+        lines.append(f"| {run['pace']} | {run['video_s'] / 60:.1f} | {run['wall_s'] / 60:.1f} | {run['processed']} | "
+                     f"{run['dropped']} | {_ms(first)} | {_ms(last)} | {run['memory_mb_start']:.0f} / "
+                     f"{run['memory_mb_end']:.0f} / {run['memory_mb_max']:.0f} |")
+    return "\n".join(lines)
+
+
+def _ms(latency: dict) -> str:
+    return "–" if latency["p50_ms"] is None else f"{latency['p50_ms']:.0f} / {latency['p95_ms']:.0f}"
