@@ -101,7 +101,8 @@ class Diarizer:
         source.start_clock(time.monotonic())
         threads = [
             threading.Thread(target=self._video_loop, args=(source, frames), name="video", daemon=True),
-            threading.Thread(target=self._audio_loop, args=(source, ring, frames), name="audio", daemon=True),
+            # audio failures skip the frame queue, whose live mode drops its oldest items
+            threading.Thread(target=self._audio_loop, args=(source, ring, detected), name="audio", daemon=True),
             threading.Thread(target=self._detect_loop, args=(frames, detected), name="detect", daemon=True),
         ]
         for thread in threads:
@@ -152,12 +153,12 @@ class Diarizer:
         except BaseException as exc:  # noqa: BLE001 - carried to the processing thread and re-raised there
             self._enqueue(detected, _Failure(exc), drop_stale=False)
 
-    def _audio_loop(self, source, ring: AudioRing, frames: queue.Queue) -> None:
+    def _audio_loop(self, source, ring: AudioRing, detected: queue.Queue) -> None:
         try:
             source.feed_audio(ring, self._stop, lambda: ring.written - self._audio_consumed)
         except BaseException as exc:  # noqa: BLE001
             ring.close()
-            self._enqueue(frames, _Failure(exc), drop_stale=False)
+            self._enqueue(detected, _Failure(exc), drop_stale=False)
 
     def _enqueue(self, frames: queue.Queue, item: object, drop_stale: bool) -> None:
         """Live sources drop the stalest frame when processing lags, at once (a camera does not wait

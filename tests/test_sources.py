@@ -90,11 +90,11 @@ def short_silence_timeout(tmp_path):
     return path
 
 
-def test_camera_and_microphone_run_until_the_camera_is_unplugged(monkeypatch, webcam, dev_clip,
-                                                                   random_weights, tmp_path):
+def test_camera_and_microphone_run_until_the_camera_is_unplugged(monkeypatch, webcam, dev_clip, tmp_path):
     monkeypatch.setattr(sounddevice, "InputStream", fake_microphone(decode_audio(dev_clip)))
     jsonl, rttm, video = tmp_path / "live.jsonl", tmp_path / "live.rttm", tmp_path / "live.mp4"
-    code = main(["--camera", "0", "--no-window", "--weights", str(random_weights), "--threshold", "-1",
+    # the training-free scorer keeps up on a busy machine: this is about the camera and microphone, not the model
+    code = main(["--camera", "0", "--no-window", "--arch", "baseline", "--threshold", "-1",
                  "--jsonl", str(jsonl), "--rttm", str(rttm), "--annotated", str(video)])
     assert code == 0
     lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
@@ -105,7 +105,9 @@ def test_camera_and_microphone_run_until_the_camera_is_unplugged(monkeypatch, we
     recorded = probe(video)  # the annotated video carries what the microphone heard
     assert recorded.has_video and recorded.has_audio
     heard = decode_audio(video)
-    assert np.abs(heard).max() > 0.05 and len(heard) > 0.8 * len(decode_audio(dev_clip))
+    assert np.abs(heard).max() > 0.05
+    # sound all along the picture (which starts with the first frame processed, later on a busy machine)
+    assert len(heard) / 16000 == pytest.approx(recorded.duration_s, abs=0.2) and recorded.duration_s > 2.0
 
 
 def test_a_silent_microphone_is_a_clear_error(monkeypatch, capsys, webcam, random_weights, short_silence_timeout):
