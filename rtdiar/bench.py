@@ -142,6 +142,11 @@ class Tally:
             else:
                 self.switch_delays_s.append(delay)
 
+    def merge(self, other: Tally) -> None:
+        """Add another tally's counts (a meeting's into its size's and the total)."""
+        for name in (f.name for f in dataclasses.fields(self)):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
     def figures(self) -> dict:
         def ratio(part: int, whole: int) -> float | None:
             return part / whole if whole else None
@@ -252,12 +257,12 @@ def bench_meetings(cfg: BenchConfig, config: Config, out_dir: Path, model_args: 
         predicted = predicted_tiles(results, truth.tiles, truth.frames)
         meeting = Tally()
         meeting.add_meeting(truth, predicted, cfg.scoring.collar_s)
+        reference = annotation([None if s is None else f"person{s}" for s in truth.speaker], truth.fps, truth.name)
+        hypothesis = annotation(hypothesis_labels(results, truth.frames), truth.fps, truth.name)
         for key in (f"{len(truth.tiles)} people", "all"):
             tally, der = by_size[key]
-            tally.add_meeting(truth, predicted, cfg.scoring.collar_s)
-            der(annotation([None if s is None else f"person{s}" for s in truth.speaker], truth.fps, truth.name),
-                annotation(hypothesis_labels(results, truth.frames), truth.fps, truth.name),
-                uem=Segment(0.0, truth.frames / truth.fps))
+            tally.merge(meeting)
+            der(reference, hypothesis, uem=Segment(0.0, truth.frames / truth.fps))
         rows.append({"meeting": truth.name, "clips": truth.clips, "seconds": truth.frames / truth.fps,
                      "wall_s": wall_s, "faces_found": faces_found(results, truth.tiles, truth.frames),
                      **meeting.figures()})
@@ -300,23 +305,28 @@ def _cell(value: float | None, percent: bool = True) -> str:
     return f"{100 * value:.1f} %" if percent else f"{value:.2f}"
 
 
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table, cells already formatted (the benchmark's tables are pasted into docs/)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
+
+
 def format_accuracy(figures: dict, collar_s: float) -> str:
     """Markdown tables: the summary per meeting size, then every meeting."""
-    head = (f"| meetings | speech frames | accuracy | accuracy, {collar_s:g} s collar | false alarm (silent frames) "
-            "| missed speech | switch median / p90 s | never switched | DER |")
-    lines = [head, "|" + "---|" * 9]
-    for key, fig in figures["summary"].items():
-        lines.append(f"| {key} | {fig['speech_frames']} | {_cell(fig['accuracy'])} | "
-                     f"{_cell(fig['accuracy_outside_collar'])} | {_cell(fig['false_alarm'])} | "
-                     f"{_cell(fig['missed'])} | {_cell(fig['switch_median_s'], False)} / "
-                     f"{_cell(fig['switch_p90_s'], False)} | {_cell(fig['switch_never'])} | {_cell(fig['der'])} |")
-    lines += ["", "| meeting | clips (tiles in reading order) | seconds | engine wall s | faces found | accuracy "
-                  "| false alarm | missed |", "|" + "---|" * 8]
-    for row in figures["meetings"]:
-        lines.append(f"| {row['meeting']} | {', '.join(row['clips'])} | {row['seconds']:.1f} | {row['wall_s']:.1f} | "
-                     f"{_cell(row['faces_found'])} | {_cell(row['accuracy'])} | {_cell(row['false_alarm'])} | "
-                     f"{_cell(row['missed'])} |")
-    return "\n".join(lines)
+    summary = markdown_table(
+        ["meetings", "speech frames", "accuracy", f"accuracy, {collar_s:g} s collar", "false alarm (silent frames)",
+         "missed speech", "switch median / p90 s", "never switched", "DER"],
+        [[key, fig["speech_frames"], _cell(fig["accuracy"]), _cell(fig["accuracy_outside_collar"]),
+          _cell(fig["false_alarm"]), _cell(fig["missed"]),
+          f"{_cell(fig['switch_median_s'], False)} / {_cell(fig['switch_p90_s'], False)}",
+          _cell(fig["switch_never"]), _cell(fig["der"])] for key, fig in figures["summary"].items()])
+    meetings = markdown_table(
+        ["meeting", "clips (tiles in reading order)", "seconds", "engine wall s", "faces found", "accuracy",
+         "false alarm", "missed"],
+        [[row["meeting"], ", ".join(row["clips"]), f"{row['seconds']:.1f}", f"{row['wall_s']:.1f}",
+          _cell(row["faces_found"]), _cell(row["accuracy"]), _cell(row["false_alarm"]), _cell(row["missed"])]
+         for row in figures["meetings"]])
+    return f"{summary}\n\n{meetings}"
 
 
 def format_recordings(figures: dict) -> str:

@@ -139,11 +139,7 @@ class Diarizer:
         """Faces of every frame, in order; control items (end, failures) pass through."""
         try:
             with FaceDetector(self.config.detector) as detector:
-                while not self._stop.is_set():
-                    try:
-                        item = frames.get(timeout=0.1)
-                    except queue.Empty:
-                        continue
+                while (item := self._take(frames)) is not None:
                     if isinstance(item, VideoFrame):
                         with self.times.stage("detect"):
                             item = _Detected(item, *detector.detect(item.image))
@@ -159,6 +155,15 @@ class Diarizer:
         except BaseException as exc:  # noqa: BLE001
             ring.close()
             self._enqueue(detected, _Failure(exc), drop_stale=False)
+
+    def _take(self, items: queue.Queue) -> object | None:
+        """The next item, waiting for it; None once a stop is asked for (a blocking get would never see it)."""
+        while not self._stop.is_set():
+            try:
+                return items.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        return None
 
     def _enqueue(self, frames: queue.Queue, item: object, drop_stale: bool) -> None:
         """Live sources drop the stalest frame when processing lags, at once (a camera does not wait
@@ -185,11 +190,7 @@ class Diarizer:
         smoother = CausalSmoother(cfg.decision.smooth_windows)
         decision = SpeakerDecision(cfg.decision)
         histories: dict[int, CropHistory] = {}
-        while not self._stop.is_set():
-            try:
-                item = detected.get(timeout=0.1)
-            except queue.Empty:
-                continue  # a stop asked for meanwhile ends the loop
+        while (item := self._take(detected)) is not None:
             if item is _END:
                 return
             if isinstance(item, _Failure):

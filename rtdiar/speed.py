@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdiar.bench import BenchConfig, sized_meeting
+from rtdiar.bench import BenchConfig, markdown_table, sized_meeting
 from rtdiar.config import Config, load_config
 from rtdiar.drawing import annotate
 from rtdiar.engine import Diarizer
@@ -105,9 +105,9 @@ def measure_realtime(video: Path, config: Config, scorer: SyncScorer) -> dict:
 
 
 def bench_speed(videos: dict[int, Path], variants: list[Variant], config_file: Path | None,
-                realtime: bool = True) -> list[dict]:
-    """Every variant on every meeting size: a fast run, then (optionally) a realtime replay."""
-    rows = []
+                model_faces: list[int]) -> dict:
+    """Every variant loaded once: on every meeting size a fast run and a realtime replay, then the model alone."""
+    rows, model = [], {}
     with tempfile.TemporaryDirectory(prefix="rtdiar-bench-") as scratch:
         for variant in variants:
             config = variant_config(config_file, variant, Path(scratch))
@@ -117,12 +117,11 @@ def bench_speed(videos: dict[int, Path], variants: list[Variant], config_file: P
             label = Variant(variant.arch, scorer.runtime, variant.device).label  # what actually ran
             for faces, video in sorted(videos.items()):
                 row = {"variant": label, "faces": faces, "load_s": load_s,
-                       "fast": measure_fast(video, config, scorer)}
-                if realtime:
-                    row["realtime"] = measure_realtime(video, config, scorer)
+                       "fast": measure_fast(video, config, scorer), "realtime": measure_realtime(video, config, scorer)}
                 rows.append(row)
                 print(format_speed_row(row), flush=True)
-    return rows
+            model[label] = measure_model(scorer, model_faces)
+    return {"runs": rows, "model_ms": model}
 
 
 def measure_model(scorer: SyncScorer, faces: list[int], calls: int = 30) -> dict[int, float]:
@@ -172,32 +171,27 @@ def _latency(values: list[float]) -> dict:
 
 def format_speed_row(row: dict) -> str:
     """One line per run, for the progress log."""
-    fast = row["fast"]
-    text = (f"{row['variant']:<28} {row['faces']} faces: fast {fast['fps']:.1f} fps ({fast['x_realtime']:.2f}x real time, "
-            f"{fast['scored_faces_per_frame']:.2f} faces scored/frame)")
-    if "realtime" in row:
-        rt = row["realtime"]
-        text += (f"; realtime p50/p95 {rt['steady_p50_ms']:.0f}/{rt['steady_p95_ms']:.0f} ms, "
-                 f"dropped {rt['dropped']} of {rt['frames']}")
-    return text
+    fast, rt = row["fast"], row["realtime"]
+    return (f"{row['variant']:<28} {row['faces']} faces: fast {fast['fps']:.1f} fps ({fast['x_realtime']:.2f}x real time, "
+            f"{fast['scored_faces_per_frame']:.2f} faces scored/frame); realtime p50/p95 {rt['steady_p50_ms']:.0f}/"
+            f"{rt['steady_p95_ms']:.0f} ms, dropped {rt['dropped']} of {rt['frames']}")
 
 
 def format_speed(rows: list[dict]) -> str:
     """Markdown: end-to-end figures per variant and faces, then per-stage milliseconds per frame."""
-    lines = ["| model / runtime / device | faces | scored faces per frame | fast fps | × real time | start-up s | "
-             "realtime latency p50 / p95 ms (after 2 s) | dropped in realtime |", "|" + "---|" * 8]
-    for row in rows:
-        fast, rt = row["fast"], row.get("realtime")
-        latency = f"{rt['steady_p50_ms']:.0f} / {rt['steady_p95_ms']:.0f}" if rt else "–"
-        dropped = f"{rt['dropped']} of {rt['frames']}" if rt else "–"
-        lines.append(f"| {row['variant']} | {row['faces']} | {fast['scored_faces_per_frame']:.2f} | {fast['fps']:.1f} | "
-                     f"{fast['x_realtime']:.2f} | {fast['startup_s']:.1f} | {latency} | {dropped} |")
+    end_to_end = markdown_table(
+        ["model / runtime / device", "faces", "scored faces per frame", "fast fps", "× real time", "start-up s",
+         "realtime latency p50 / p95 ms (after 2 s)", "dropped in realtime"],
+        [[row["variant"], row["faces"], f"{row['fast']['scored_faces_per_frame']:.2f}", f"{row['fast']['fps']:.1f}",
+          f"{row['fast']['x_realtime']:.2f}", f"{row['fast']['startup_s']:.1f}",
+          f"{row['realtime']['steady_p50_ms']:.0f} / {row['realtime']['steady_p95_ms']:.0f}",
+          f"{row['realtime']['dropped']} of {row['realtime']['frames']}"] for row in rows])
     stages = list(dict.fromkeys(name for row in rows for name in row["fast"]["stages_ms"]))
-    lines += ["", "| model / runtime / device | faces | " + " | ".join(stages) + " |", "|" + "---|" * (len(stages) + 2)]
-    for row in rows:
-        cells = " | ".join(f"{row['fast']['stages_ms'].get(name, 0.0):.2f}" for name in stages)
-        lines.append(f"| {row['variant']} | {row['faces']} | {cells} |")
-    return "\n".join(lines)
+    per_stage = markdown_table(
+        ["model / runtime / device", "faces", *stages],
+        [[row["variant"], row["faces"], *(f"{row['fast']['stages_ms'].get(name, 0.0):.2f}" for name in stages)]
+         for row in rows])
+    return f"{end_to_end}\n\n{per_stage}"
 
 
 def parse_variants(names: list[str]) -> list[Variant]:
@@ -213,17 +207,10 @@ def parse_variants(names: list[str]) -> list[Variant]:
 
 def run_speed_bench(cfg: BenchConfig, config_file: Path | None, base: Config, cache_dir: Path,
                     data_dir: Path) -> dict:
-    """The meetings of every size rendered, each variant timed on them, then the model alone."""
+    """The meetings of every size rendered (or reused), then every variant timed on them."""
     videos = {n: sized_meeting(cfg, n, cfg.speed.duration_s, cfg.speed.tile_px, f"speed{n}", cache_dir, base,
                                data_dir).video for n in cfg.speed.faces}
-    variants = parse_variants(cfg.speed.variants)
-    rows = bench_speed(videos, variants, config_file)
-    model = {}
-    with tempfile.TemporaryDirectory(prefix="rtdiar-bench-") as scratch:
-        for variant in variants:
-            scorer = load_scorer(variant_config(config_file, variant, Path(scratch)).model)
-            model[variant.label] = measure_model(scorer, cfg.speed.model_faces)
-    return {"runs": rows, "model_ms": model}
+    return bench_speed(videos, parse_variants(cfg.speed.variants), config_file, cfg.speed.model_faces)
 
 
 def run_soak(cfg: BenchConfig, config: Config, cache_dir: Path, data_dir: Path) -> list[dict]:
@@ -241,23 +228,18 @@ def run_soak(cfg: BenchConfig, config: Config, cache_dir: Path, data_dir: Path) 
 def format_model(model: dict) -> str:
     """Markdown: milliseconds per model call by number of face windows."""
     sizes = list(dict.fromkeys(n for timings in model.values() for n in timings))
-    lines = ["| model / runtime / device | " + " | ".join(f"{n} faces" for n in sizes) + " |",
-             "|" + "---|" * (len(sizes) + 1)]
-    for label, timings in model.items():
-        lines.append(f"| {label} | " + " | ".join(f"{timings[n]:.1f}" for n in sizes) + " |")
-    return "\n".join(lines)
+    return markdown_table(["model / runtime / device", *(f"{n} faces" for n in sizes)],
+                          [[label, *(f"{timings[n]:.1f}" for n in sizes)] for label, timings in model.items()])
 
 
 def format_soak(runs: list[dict]) -> str:
     """Markdown: one row per soak run."""
-    lines = ["| pace | video min | wall min | processed | dropped | latency p50 / p95 ms, first min | "
-             "last min | memory MB start / end / max |", "|" + "---|" * 8]
-    for run in runs:
-        first, last = run["first_min"], run["last_min"]
-        lines.append(f"| {run['pace']} | {run['video_s'] / 60:.1f} | {run['wall_s'] / 60:.1f} | {run['processed']} | "
-                     f"{run['dropped']} | {_ms(first)} | {_ms(last)} | {run['memory_mb_start']:.0f} / "
-                     f"{run['memory_mb_end']:.0f} / {run['memory_mb_max']:.0f} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["pace", "video min", "wall min", "processed", "dropped", "latency p50 / p95 ms, first min", "last min",
+         "memory MB start / end / max"],
+        [[run["pace"], f"{run['video_s'] / 60:.1f}", f"{run['wall_s'] / 60:.1f}", run["processed"], run["dropped"],
+          _ms(run["first_min"]), _ms(run["last_min"]),
+          f"{run['memory_mb_start']:.0f} / {run['memory_mb_end']:.0f} / {run['memory_mb_max']:.0f}"] for run in runs])
 
 
 def _ms(latency: dict) -> str:
