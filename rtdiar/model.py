@@ -164,10 +164,43 @@ class CompactSyncNet(nn.Module):
         return self.embed_audio(audio), self.embed_faces(faces)
 
 
+class CompactPair(nn.Module):
+    """Two `compact` experts trained apart, run as one network whose cosine is the mean of theirs.
+
+    Each member's unit embedding is scaled by 1/sqrt(2) and the two are concatenated, so the
+    result is again a unit vector and the engine, the offset tool and ONNX Runtime use the pair
+    unchanged. With about a hundred training faces each run memorises some of them its own way;
+    the average keeps what the two agree on, the lips.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.members = nn.ModuleList([CompactSyncNet(), CompactSyncNet()])
+
+    def embed_audio(self, audio: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m.embed_audio(audio) for m in self.members], dim=1) / len(self.members) ** 0.5
+
+    def embed_faces(self, faces: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m.embed_faces(faces) for m in self.members], dim=1) / len(self.members) ** 0.5
+
+    def forward(self, audio: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.embed_audio(audio), self.embed_faces(faces)
+
+
+def pair_models(first: str | Path, second: str | Path) -> CompactPair:
+    """The pair of two `compact` weights files (the engine's default model is such a pair)."""
+    pair = build_model("compact_pair")
+    for member, path in zip(pair.members, (first, second)):
+        member.arch = "compact"
+        load_weights(member, path)
+    return pair
+
+
 # Every network rtdiar can run, by the name used in configs and in weights metadata.
 ARCHS: dict[str, Callable[[], nn.Module]] = {
     "wav2lip": SyncNetColor,
     "compact": CompactSyncNet,
+    "compact_pair": CompactPair,
     "baseline": EnergyBaseline,  # training-free: lip opening vs loudness, the floor to beat
 }
 

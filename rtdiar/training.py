@@ -7,6 +7,10 @@ away is the hard negative SyncNet trained on, and another clip's face at the sam
 two-faces-one-voice case the diarizer lives on. Audio within `ambiguous_shift` frames of the truth
 is left out (a 40 ms shift is nearly the same sound). Validation is the window AUC on other
 people (`data.validation`); the best validation step is what ships.
+
+The shipped recipe is two runs: a first model, then a second trained only on the windows the
+first finds in sync (`data.sync_filter`, SyncNet's data cleaning), shipped paired with the first
+(`pair_with`): their averaged score generalises better than either (weights/MODEL_CARD.md).
 """
 
 from __future__ import annotations
@@ -20,18 +24,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from rtdiar.config import PROJECT_ROOT, Config, build_section, merge_settings, read_yaml
+from rtdiar.config import PROJECT_ROOT, Config, ModelConfig, WindowConfig, build_section, merge_settings, read_yaml
 from rtdiar.dataset import DEFAULT_CACHE, PreparedClip, find_clips, prepare_clips
 from rtdiar.errors import RtdiarError
 from rtdiar.evaluate import roc_auc
-from rtdiar.inference import pack_faces
-from rtdiar.model import build_model, save_weights
+from rtdiar.inference import SyncScorer, load_scorer, pack_faces
+from rtdiar.model import build_model, pair_models, save_weights, weights_arch
+from rtdiar.offset import window_similarities
 
 DEFAULT_TRAIN_CONFIG = PROJECT_ROOT / "configs" / "train.yaml"
 MEL_UNITS_PER_DB = 0.08  # Wav2Lip's normalisation maps 100 dB onto 8 units
@@ -42,6 +48,8 @@ class DataRecipe:
     train: list
     folder_weights: dict
     validation: list
+    sync_filter: str | None
+    sync_tolerance: int
 
 
 @dataclass
@@ -80,6 +88,9 @@ class AugmentRecipe:
     jitter: float
     blur: float
     noise: float
+    colour: float
+    jpeg: float
+    jpeg_quality: list
     gain_db: list
     noise_floor: list
 
@@ -88,6 +99,7 @@ class AugmentRecipe:
 class TrainConfig:
     arch: str
     seed: int
+    pair_with: str | None
     run_dir: str
     out: str
     cache_dir: str | None
@@ -109,21 +121,36 @@ _SECTIONS = {"data": DataRecipe, "batch": BatchRecipe, "optim": OptimRecipe,
 
 
 def load_train_config(path: str | Path | None = None) -> TrainConfig:
-    """configs/train.yaml, overlaid with a partial file of the same shape."""
+    """configs/train.yaml, overlaid with a partial file of the same shape.
+
+    `data.folder_weights` is keyed by the user's own folder names, so an overlay's mapping replaces
+    the default one whole instead of being checked against its keys.
+    """
     data = read_yaml(DEFAULT_TRAIN_CONFIG)
     if path is not None:
-        data = merge_settings(data, read_yaml(Path(path)), "")
+        overlay = read_yaml(Path(path))
+        section = overlay.get("data")
+        folder_weights = section.pop("folder_weights", None) if isinstance(section, dict) else None
+        data = merge_settings(data, overlay, "")
+        if folder_weights is not None:
+            data["data"]["folder_weights"] = folder_weights
     sections = {name: build_section(cls, data[name], f"{name}.") for name, cls in _SECTIONS.items()}
     top = {f.name: data[f.name] for f in dataclasses.fields(TrainConfig) if f.name not in sections}
     return TrainConfig(**top, **sections)
 
 
 class ClipBank:
-    """Every prepared training clip in memory, sampled into contrastive batches."""
+    """Every prepared training clip in memory, sampled into contrastive batches.
 
-    def __init__(self, clips: list[PreparedClip], weights: np.ndarray, recipe: BatchRecipe) -> None:
+    `starts`, when given, are the video windows each clip may use (by default all of them); the
+    audio always covers the whole segment.
+    """
+
+    def __init__(self, clips: list[PreparedClip], weights: np.ndarray, recipe: BatchRecipe,
+                 starts: list[np.ndarray] | None = None) -> None:
         self.recipe = recipe
-        starts = [c.window_starts() for c in clips]  # once: they do not change between batches
+        if starts is None:
+            starts = [c.window_starts() for c in clips]  # once: they do not change between batches
         kept = np.array([len(s) >= 2 for s in starts])
         if not kept.any():
             raise RtdiarError("no training clip holds two 5-frame windows with a tracked face")
@@ -181,8 +208,27 @@ def contrastive_loss(face_emb: torch.Tensor, audio_emb: torch.Tensor, video_key:
     return 0.5 * (video_loss + audio_loss)
 
 
+def compress_faces(crops: np.ndarray, recipe: AugmentRecipe, generator: torch.Generator) -> np.ndarray:
+    """(N, 5, H, W, 3) uint8 crops -> the same, a share of the windows JPEG-coded frame by frame at a
+    random quality: web and phone video carry block artefacts that change from frame to frame,
+    which a motion input would otherwise take for lip movement. Off (`jpeg: 0`), it draws no random
+    numbers, so a recipe without it replays exactly."""
+    if recipe.jpeg <= 0:
+        return crops
+    chosen = (torch.rand(len(crops), generator=generator) < recipe.jpeg).numpy()
+    low, high = recipe.jpeg_quality
+    qualities = (low + (high - low) * torch.rand(len(crops), generator=generator)).int().tolist()
+    out = crops.copy()
+    for i in np.flatnonzero(chosen):
+        for f, frame in enumerate(crops[i]):
+            _, code = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, qualities[i]])
+            out[i, f] = cv2.imdecode(code, cv2.IMREAD_COLOR)
+    return out
+
+
 def augment_faces(faces: torch.Tensor, recipe: AugmentRecipe, generator: torch.Generator) -> torch.Tensor:
-    """(N, 15, H, W) packed crops -> the same, flipped, moved, zoomed, jittered per frame, blurred, noised.
+    """(N, 15, H, W) packed crops -> the same, flipped, moved, zoomed, jittered per frame, blurred,
+    colour-cast, noised.
 
     Per-frame jitter mimics the tracker's box wobble, which a motion input would otherwise mistake
     for lip movement.
@@ -203,6 +249,10 @@ def augment_faces(faces: torch.Tensor, recipe: AugmentRecipe, generator: torch.G
     faces = F.grid_sample(per_frame, grid, padding_mode="border", align_corners=False).reshape(n, channels, height, width)
     blurred = _gaussian_blur(faces, sigma=0.5 + float(rand(1)) * 0.8)
     faces = torch.where((rand(n) < recipe.blur)[:, None, None, None], blurred, faces)
+    if recipe.colour > 0:  # off, it draws nothing, so a recipe without it replays exactly
+        gain = 1.0 + (2 * rand(n, 1, 3, 1, 1) - 1) * recipe.colour  # white balance, per colour channel
+        gain = gain * (1.0 + (2 * rand(n, 1, 1, 1, 1) - 1) * recipe.colour)  # exposure
+        faces = (faces.reshape(n, frames, 3, height, width) * gain).reshape(n, channels, height, width)
     noise = torch.randn(faces.shape, generator=generator) * rand(n, 1, 1, 1) * recipe.noise
     return (faces + noise).clamp(0.0, 1.0)
 
@@ -260,6 +310,48 @@ class WindowAUC:
         return roc_auc(scores[in_sync], scores[~in_sync])
 
 
+def in_sync_starts(clips: list[PreparedClip], scorer: SyncScorer, tolerance: int,
+                   window: WindowConfig) -> list[np.ndarray]:
+    """Each clip's window starts whose audio a first model finds best within `tolerance` frames of 0.
+
+    SyncNet's data cleaning: a window the first model places elsewhere is out of sync, silent, or
+    without a visible mouth, and as a positive it only teaches noise. The search spans
+    ±(2 * tolerance + 5) frames, so a window that carries no evidence (a flat curve) lands inside
+    only by chance.
+    """
+    max_shift = 2 * tolerance + window.frames
+    kept = []
+    for clip in tqdm(clips, desc="sync filter", unit="clip"):
+        sims = window_similarities(clip, scorer, max_shift, window)
+        best = sims.argmax(axis=1) - max_shift if len(sims) else np.zeros(0, int)
+        kept.append(clip.window_starts(window.frames, window.mel_frames)[np.abs(best) <= tolerance])
+    return kept
+
+
+def first_model(key: str, weights: Path) -> Path:
+    """The earlier model a recipe key names, checked before any training time is spent."""
+    if not weights.is_file():
+        raise RtdiarError(f"{key}: no weights at {weights}; train that first model before this run "
+                          "(for the shipped recipe: rtdiar train --train-config configs/train_first.yaml)")
+    return weights
+
+
+def filter_scorer(weights: Path) -> SyncScorer:
+    """The first model, on the CPU in ONNX Runtime: it only scores the training windows once."""
+    cfg = ModelConfig(arch="auto", weights=str(first_model("data.sync_filter", weights)), device="cpu",
+                      runtime="auto", stride_frames=1)
+    return load_scorer(cfg)
+
+
+def check_pairable(recipe: TrainConfig) -> None:
+    """A pair is two `compact` models: refuse any other before the run, not after it."""
+    first = first_model("pair_with", recipe.path(recipe.pair_with))
+    archs = {"the run": recipe.arch, str(first): weights_arch(first) or "not an rtdiar file"}
+    for what, arch in archs.items():
+        if arch != "compact":
+            raise RtdiarError(f"pair_with pairs two compact models, but {what} is '{arch}'")
+
+
 def load_clips(folders: list[str], recipe: TrainConfig, config: Config) -> tuple[list[PreparedClip], list[str]]:
     """Prepare (or reuse) and load every clip under the folders; also each clip's folder name."""
     clips = find_clips([recipe.path(f) for f in folders])
@@ -268,6 +360,19 @@ def load_clips(folders: list[str], recipe: TrainConfig, config: Config) -> tuple
     cache = recipe.path(recipe.cache_dir) if recipe.cache_dir else DEFAULT_CACHE
     paths = prepare_clips(clips, cache, config, recipe.prepare_workers)
     return [PreparedClip.load(p) for p in tqdm(paths, desc="loading clips", unit="clip")], [p.parent.name for p in paths]
+
+
+def training_bank(recipe: TrainConfig, config: Config) -> ClipBank:
+    """The training clips, weighted by folder, with only the windows the first model keeps (if one is set)."""
+    clips, folders = load_clips(recipe.data.train, recipe, config)
+    weights = np.array([recipe.data.folder_weights.get(f, 1.0) for f in folders])
+    if not recipe.data.sync_filter:
+        return ClipBank(clips, weights, recipe.batch)
+    scorer = filter_scorer(recipe.path(recipe.data.sync_filter))
+    starts = in_sync_starts(clips, scorer, recipe.data.sync_tolerance, config.window)
+    total = sum(len(c.window_starts()) for c in clips)
+    print(f"rtdiar: the first model keeps {sum(map(len, starts))} of {total} training windows")
+    return ClipBank(clips, weights, recipe.batch, starts)
 
 
 def train_model(recipe: TrainConfig, config: Config, out: Path | None = None,
@@ -279,20 +384,32 @@ def train_model(recipe: TrainConfig, config: Config, out: Path | None = None,
     run_dir = recipe.path(recipe.run_dir)
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise RtdiarError(f"run folder {run_dir} is not empty: pass --resume to continue it, or set run_dir")
+    if recipe.pair_with:
+        check_pairable(recipe)
     run_dir.mkdir(parents=True, exist_ok=True)
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
-    train_clips, folders = load_clips(recipe.data.train, recipe, config)
-    weights = np.array([recipe.data.folder_weights.get(f, 1.0) for f in folders])
-    bank = ClipBank(train_clips, weights, recipe.batch)
+    bank = training_bank(recipe, config)
     validate = WindowAUC(load_clips(recipe.data.validation, recipe, config)[0], recipe.validation)
     trainer = _Trainer(recipe, run_dir)
     if resume:
         trainer.restore()
     best = trainer.fit(bank, validate)
-    shutil.copyfile(best, out)
-    print(f"rtdiar: best validation AUC {trainer.best_auc:.3f} at step {trainer.best_step}; weights in {out}")
+    print(f"rtdiar: best validation AUC {trainer.best_auc:.3f} at step {trainer.best_step}")
+    if recipe.pair_with:
+        write_pair(recipe.path(recipe.pair_with), best, out, validate)
+    else:
+        shutil.copyfile(best, out)
+    print(f"rtdiar: weights in {out}")
     return out
+
+
+def write_pair(first: Path, second: Path, out: Path, validate: WindowAUC) -> None:
+    """Ship the run's best model paired with an earlier one (`pair_with`), with the pair's own AUC."""
+    pair = pair_models(first, second)
+    auc = validate(pair)
+    save_weights(pair, out, "compact_pair", {"members": f"{first.name}, {second.name}", "validation_auc": f"{auc:.4f}"})
+    print(f"rtdiar: paired with {first}: validation AUC {auc:.3f}")
 
 
 def learning_rate(optim: OptimRecipe, step: int) -> float:
@@ -345,7 +462,8 @@ class _Trainer:
         lr = learning_rate(self.recipe.optim, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        faces = augment_faces(pack_faces(torch.from_numpy(batch["faces"])), self.recipe.augment, self.generator)
+        crops = compress_faces(batch["faces"], self.recipe.augment, self.generator)
+        faces = augment_faces(pack_faces(torch.from_numpy(crops)), self.recipe.augment, self.generator)
         mels = augment_mels(torch.from_numpy(batch["mels"]).unsqueeze(1), self.recipe.augment, self.generator)
         audio_emb, face_emb = self.model(mels, faces)
         loss = contrastive_loss(face_emb, audio_emb, torch.from_numpy(batch["video_key"]),
@@ -365,8 +483,9 @@ class _Trainer:
                          {"step": str(self.step), "validation_auc": f"{auc:.4f}", "seed": str(self.recipe.seed)})
         else:
             self.stale += 1
+        scale = float(self.logit_scale.detach().exp())
         record = {"step": self.step, "elapsed_min": round(self.elapsed_s / 60, 2), "loss": round(loss, 4),
-                  "validation_auc": round(auc, 4), "best": improved, "logit_scale": round(float(self.logit_scale.exp()), 2)}
+                  "validation_auc": round(auc, 4), "best": improved, "logit_scale": round(scale, 2)}
         with open(self.run_dir / "log.jsonl", "a") as log:
             log.write(json.dumps(record) + "\n")
         tqdm.write(json.dumps(record))

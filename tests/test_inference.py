@@ -141,10 +141,10 @@ def test_a_named_arch_must_match_the_weights_file(tmp_path):
 SHIPPED_WEIGHTS = PROJECT_ROOT / "weights" / "rtdiar_syncnet.safetensors"
 
 
-@pytest.fixture(scope="module", params=["compact", "wav2lip"])
+@pytest.fixture(scope="module", params=["shipped", "wav2lip"])
 def both_runtimes(request) -> tuple[SyncScorer, SyncScorer]:
-    """The shipped compact model and a random wav2lip one, each loaded once per runtime."""
-    weights = SHIPPED_WEIGHTS if request.param == "compact" else request.getfixturevalue("random_weights")
+    """The shipped model (a compact pair) and a random wav2lip one, each loaded once per runtime."""
+    weights = SHIPPED_WEIGHTS if request.param == "shipped" else request.getfixturevalue("random_weights")
     return tuple(load_scorer(model_config(weights, runtime=runtime)) for runtime in ("torch", "onnx"))
 
 

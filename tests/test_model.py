@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rtdiar.errors import RtdiarError
-from rtdiar.model import build_model, load_weights, save_weights
+from rtdiar.model import build_model, load_weights, pair_models, save_weights
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +167,27 @@ def test_unreadable_files_give_one_line_error(tmp_path, name, write):
 def test_missing_file_is_reported(tmp_path):
     with pytest.raises(RtdiarError, match="not found"):
         load_weights(build_model("wav2lip"), tmp_path / "nope.pth")
+
+
+def test_a_pair_scores_the_mean_of_its_members_cosines_and_round_trips(tmp_path):
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        paths.append(tmp_path / f"m{seed}.safetensors")
+        save_weights(build_model("compact").eval(), paths[-1], "compact", {})
+    pair = pair_models(*paths).eval()
+    faces, audio = torch.rand(3, 15, 48, 96), torch.randn(3, 1, 80, 16)
+    with torch.no_grad():
+        members = [(m.embed_faces(faces) * m.embed_audio(audio)).sum(1) for m in pair.members]
+        a, f = pair(audio, faces)
+        torch.testing.assert_close((a * f).sum(1), (members[0] + members[1]) / 2)
+        torch.testing.assert_close(a.norm(dim=1), torch.ones(3))
+    assert not torch.equal(members[0], members[1])  # two different experts, not one twice
+
+    save_weights(pair, tmp_path / "pair.safetensors", "compact_pair", {})
+    again = build_model("compact_pair")
+    load_weights(again, tmp_path / "pair.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(audio, faces)[1], f)
+    with pytest.raises(RtdiarError, match="compact_pair"):
+        load_weights(build_model("compact"), tmp_path / "pair.safetensors")

@@ -14,7 +14,7 @@ from rtdiar.inference import load_scorer
 
 def test_the_default_config_loads_the_shipped_model():
     scorer = load_scorer(load_config().model)
-    assert scorer.model.arch == "compact"
+    assert scorer.model.arch == "compact_pair"
 
 
 @pytest.fixture(scope="module")

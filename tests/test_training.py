@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,8 +13,8 @@ from rtdiar.config import load_config
 from rtdiar.dataset import PreparedClip
 from rtdiar.errors import RtdiarError
 from rtdiar.inference import load_scorer, pack_faces
-from rtdiar.training import (ClipBank, WindowAUC, augment_faces, augment_mels, contrastive_loss,
-                             load_train_config, train_model)
+from rtdiar.training import (ClipBank, WindowAUC, augment_faces, augment_mels, compress_faces, contrastive_loss,
+                             in_sync_starts, load_train_config, train_model)
 
 
 def _synthetic_clip(name: str, frames: int, seed: int) -> PreparedClip:
@@ -37,6 +38,41 @@ def test_a_batch_pairs_each_video_window_with_its_own_audio_position():
         match = np.flatnonzero((batch["audio_key"][:, 0] == slot) & (batch["audio_key"][:, 1] == k))
         assert len(match) == 1  # exactly one positive audio window in the batch
         assert batch["mels"][match[0], 0, 0] == clips[0].mel_index(k)  # and it starts at the window's time
+
+
+class _StampScorer:
+    """A first model right by construction: a face window is embedded at the time stamped on its first
+    crop plus the lag stamped beside it, an audio window at its own time, on a circle (cosine = closeness)."""
+
+    @staticmethod
+    def _circle(t: np.ndarray) -> np.ndarray:
+        angle = 2 * np.pi * np.asarray(t, float) / 60.0
+        return np.stack([np.cos(angle), np.sin(angle)], axis=1)
+
+    def face_embeddings(self, windows: np.ndarray) -> np.ndarray:
+        first = windows[:, 0, 0, 0].astype(float)
+        return self._circle(first[:, 0] + first[:, 1])
+
+    def audio_embeddings(self, mels: np.ndarray) -> np.ndarray:
+        return self._circle(mels[:, 0, 0] / 3.2)  # the synthetic mel column m is m, 3.2 columns a frame
+
+
+def test_the_sync_filter_keeps_only_windows_the_first_model_finds_in_sync():
+    clip = _synthetic_clip("c", 40, 0)
+    clip.crops[:, 0, 0, 1] = 0
+    clip.crops[10:15, 0, 0, 1] = 6  # windows starting here look 6 frames out of sync to the first model
+    clip.crops[20, 0, 0, 1] = 2     # within the tolerance: kept
+    window = load_config().window
+    kept = in_sync_starts([clip], _StampScorer(), tolerance=2, window=window)[0]
+    assert kept.tolist() == [k for k in clip.window_starts() if not 10 <= k < 15]
+
+    bank = ClipBank([clip], np.ones(1), load_train_config().batch, starts=[kept])
+    rng = np.random.default_rng(0)
+    batches = [bank.sample(rng) for _ in range(50)]
+    drawn = np.concatenate([b["video_key"][:, 1] for b in batches])
+    assert set(drawn) == set(kept)  # every kept window is used, no dropped one
+    heard = np.concatenate([b["audio_key"][:, 1] for b in batches])
+    assert np.isin(np.arange(10, 15), heard).all()  # their audio still serves as negatives
 
 
 def _keys(n_clips: int, positions: int) -> torch.Tensor:
@@ -77,6 +113,18 @@ def test_augmentation_keeps_shapes_and_range_and_is_seeded():
     assert noisy.shape == mels.shape and float(noisy.max()) <= 4.0 and float(noisy.mean()) > -4.0  # a noise floor
 
 
+def test_jpeg_coding_touches_only_the_chosen_share_of_windows():
+    recipe = load_train_config().augment
+    crops = np.random.default_rng(0).integers(0, 255, (200, 5, 48, 96, 3), dtype=np.uint8)
+    coded = compress_faces(crops, recipe, torch.Generator().manual_seed(1))
+    changed = (coded != crops).any(axis=(1, 2, 3, 4))
+    assert coded.shape == crops.shape and coded.dtype == np.uint8
+    assert abs(changed.mean() - recipe.jpeg) < 0.1  # about the configured share, each of them altered
+    np.testing.assert_array_equal(coded, compress_faces(crops, recipe, torch.Generator().manual_seed(1)))
+    recipe.jpeg = 0.0
+    np.testing.assert_array_equal(compress_faces(crops, recipe, torch.Generator().manual_seed(1)), crops)
+
+
 def test_window_auc_of_a_perfect_scorer_is_one():
     class Oracle(torch.nn.Module):
         """Embeds a window and an audio by their start time: only the true pairing has cosine 1."""
@@ -106,6 +154,7 @@ def tiny_recipe(tmp_path, dev_clip):
                        check=True)
     recipe = load_train_config()
     recipe.data.train = recipe.data.validation = [str(data)]
+    recipe.data.sync_filter = recipe.pair_with = None  # a single run, on every window
     recipe.run_dir = str(tmp_path / "run")
     recipe.cache_dir = str(tmp_path / "cache")
     recipe.prepare_workers = 1
@@ -145,3 +194,41 @@ def test_learning_rate_warms_up_then_follows_the_schedule():
     optim.schedule = "step"
     with pytest.raises(RtdiarError, match="schedule"):
         learning_rate(optim, 1)
+
+
+def test_a_run_cleaned_by_a_first_model(tiny_recipe, tmp_path, random_weights, capsys):
+    tiny_recipe.data.sync_filter = str(tmp_path / "missing.safetensors")
+    with pytest.raises(RtdiarError, match="sync_filter"):
+        train_model(tiny_recipe, load_config(), out=tmp_path / "w.safetensors")
+    tiny_recipe.data.sync_filter = str(random_weights)
+    train_model(tiny_recipe, load_config(), out=tmp_path / "w.safetensors")
+    kept, total = map(int, re.search(r"keeps (\d+) of (\d+) training windows", capsys.readouterr().out).groups())
+    assert 0 < kept < total  # a random first model finds some windows in sync and not others
+
+
+def test_a_run_paired_with_an_earlier_model_ships_the_pair(tiny_recipe, tmp_path, random_weights):
+    tiny_recipe.pair_with = str(random_weights)  # a wav2lip file: refused before any training
+    with pytest.raises(RtdiarError, match="pairs two compact models.*'wav2lip'"):
+        train_model(tiny_recipe, load_config(), out=tmp_path / "first.safetensors")
+    assert not (tmp_path / "run").exists()
+    tiny_recipe.pair_with = None
+    first = train_model(tiny_recipe, load_config(), out=tmp_path / "first.safetensors")
+    tiny_recipe.pair_with = str(first)
+    tiny_recipe.run_dir = str(tmp_path / "second")
+    out = train_model(tiny_recipe, load_config(), out=tmp_path / "pair.safetensors")
+    scorer = load_scorer(load_config(overrides={"model.weights": str(out)}).model)
+    assert scorer.model.arch == "compact_pair"
+    first_member = scorer.model.members[0].state_dict()
+    for key, value in load_scorer(load_config(overrides={"model.weights": str(first)}).model).model.state_dict().items():
+        torch.testing.assert_close(first_member[key], value)  # the earlier model, unchanged, is one half
+
+
+def test_an_overlay_names_its_own_folders(tmp_path):
+    overlay = tmp_path / "mine.yaml"
+    overlay.write_text("data:\n  train: [my/clips]\n  folder_weights: {clips: 2.0}\noptim:\n  lr: 0.01\n")
+    recipe = load_train_config(overlay)
+    assert recipe.data.train == ["my/clips"] and recipe.data.folder_weights == {"clips": 2.0}
+    assert recipe.optim.lr == 0.01 and recipe.optim.max_steps == load_train_config().optim.max_steps
+    overlay.write_text("optim:\n  lr_typo: 0.01\n")
+    with pytest.raises(RtdiarError, match="optim.lr_typo"):
+        load_train_config(overlay)
