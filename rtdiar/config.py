@@ -102,8 +102,12 @@ class Config:
     ui: UIConfig
 
 
-def merge_settings(base: dict, overlay: dict, where: str) -> dict:
-    """Deep-merge `overlay` into `base`, refusing keys the defaults do not know (typos)."""
+def merge_settings(base: dict, overlay: dict, where: str, free: frozenset[str] = frozenset()) -> dict:
+    """Deep-merge `overlay` into `base`, refusing keys the defaults do not know (typos).
+
+    A mapping named in `free` (dotted, e.g. "data.folder_weights") is keyed by the user's own
+    names: the overlay's replaces it whole instead of being checked against its keys.
+    """
     out = dict(base)
     for key, value in overlay.items():
         if key not in base:
@@ -111,7 +115,8 @@ def merge_settings(base: dict, overlay: dict, where: str) -> dict:
         if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise RtdiarError(f"config key '{where}{key}' must be a mapping")
-            out[key] = merge_settings(base[key], value, f"{where}{key}.")
+            nested = f"{where}{key}"
+            out[key] = dict(value) if nested in free else merge_settings(base[key], value, f"{nested}.", free)
         else:
             out[key] = value
     return out

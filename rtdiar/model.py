@@ -175,13 +175,16 @@ class CompactPair(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.members = nn.ModuleList([CompactSyncNet(), CompactSyncNet()])
+        self.members = nn.ModuleList([build_model("compact"), build_model("compact")])
+
+    def _joined(self, embeddings: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(embeddings, dim=1) / len(embeddings) ** 0.5
 
     def embed_audio(self, audio: torch.Tensor) -> torch.Tensor:
-        return torch.cat([m.embed_audio(audio) for m in self.members], dim=1) / len(self.members) ** 0.5
+        return self._joined([m.embed_audio(audio) for m in self.members])
 
     def embed_faces(self, faces: torch.Tensor) -> torch.Tensor:
-        return torch.cat([m.embed_faces(faces) for m in self.members], dim=1) / len(self.members) ** 0.5
+        return self._joined([m.embed_faces(faces) for m in self.members])
 
     def forward(self, audio: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.embed_audio(audio), self.embed_faces(faces)
@@ -191,8 +194,7 @@ def pair_models(first: str | Path, second: str | Path) -> CompactPair:
     """The pair of two `compact` weights files (the engine's default model is such a pair)."""
     pair = build_model("compact_pair")
     for member, path in zip(pair.members, (first, second)):
-        member.arch = "compact"
-        load_weights(member, path)
+        load_weights(member, path)  # members are tagged `compact`, so another arch's file is refused
     return pair
 
 

@@ -121,19 +121,11 @@ _SECTIONS = {"data": DataRecipe, "batch": BatchRecipe, "optim": OptimRecipe,
 
 
 def load_train_config(path: str | Path | None = None) -> TrainConfig:
-    """configs/train.yaml, overlaid with a partial file of the same shape.
-
-    `data.folder_weights` is keyed by the user's own folder names, so an overlay's mapping replaces
-    the default one whole instead of being checked against its keys.
-    """
+    """configs/train.yaml, overlaid with a partial file of the same shape (whose
+    `data.folder_weights` names the user's own folders, so it replaces the default mapping)."""
     data = read_yaml(DEFAULT_TRAIN_CONFIG)
     if path is not None:
-        overlay = read_yaml(Path(path))
-        section = overlay.get("data")
-        folder_weights = section.pop("folder_weights", None) if isinstance(section, dict) else None
-        data = merge_settings(data, overlay, "")
-        if folder_weights is not None:
-            data["data"]["folder_weights"] = folder_weights
+        data = merge_settings(data, read_yaml(Path(path)), "", free=frozenset({"data.folder_weights"}))
     sections = {name: build_section(cls, data[name], f"{name}.") for name, cls in _SECTIONS.items()}
     top = {f.name: data[f.name] for f in dataclasses.fields(TrainConfig) if f.name not in sections}
     return TrainConfig(**top, **sections)
@@ -336,11 +328,10 @@ def first_model(key: str, weights: Path) -> Path:
     return weights
 
 
-def filter_scorer(weights: Path) -> SyncScorer:
-    """The first model, on the CPU in ONNX Runtime: it only scores the training windows once."""
-    cfg = ModelConfig(arch="auto", weights=str(first_model("data.sync_filter", weights)), device="cpu",
-                      runtime="auto", stride_frames=1)
-    return load_scorer(cfg)
+def filter_scorer(weights: Path, model: ModelConfig) -> SyncScorer:
+    """The first model, on the CPU (its runtime as configured): it only scores the training windows once."""
+    path = first_model("data.sync_filter", weights)
+    return load_scorer(dataclasses.replace(model, arch="auto", weights=str(path), device="cpu"))
 
 
 def check_pairable(recipe: TrainConfig) -> None:
@@ -368,7 +359,7 @@ def training_bank(recipe: TrainConfig, config: Config) -> ClipBank:
     weights = np.array([recipe.data.folder_weights.get(f, 1.0) for f in folders])
     if not recipe.data.sync_filter:
         return ClipBank(clips, weights, recipe.batch)
-    scorer = filter_scorer(recipe.path(recipe.data.sync_filter))
+    scorer = filter_scorer(recipe.path(recipe.data.sync_filter), config.model)
     starts = in_sync_starts(clips, scorer, recipe.data.sync_tolerance, config.window)
     total = sum(len(c.window_starts()) for c in clips)
     print(f"rtdiar: the first model keeps {sum(map(len, starts))} of {total} training windows")
