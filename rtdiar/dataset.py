@@ -99,12 +99,12 @@ class PreparedClip:
                        first_frame=int(data["first_frame"]), mel=data["mel"], fps=float(data["fps"]))
 
 
-def find_clips(folders: Sequence[str | Path]) -> list[Path]:
-    """Every video file under the folders, sorted so a seed always sees the same order."""
+def find_clips(entries: Sequence[str | Path]) -> list[Path]:
+    """Every video file named or under the folders named, sorted so a seed always sees the same order."""
     found: list[Path] = []
-    for folder in folders:
-        found += [p for p in Path(folder).rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES]
-    return sorted(found)
+    for entry in map(Path, entries):
+        found += [entry] if entry.is_file() else list(entry.rglob("*"))
+    return sorted(p for p in found if p.suffix.lower() in VIDEO_SUFFIXES)
 
 
 def prep_digest(config: Config) -> str:

@@ -78,6 +78,7 @@ class ValidationRecipe:
     windows_per_clip: int
     off_shifts: list
     patience: int
+    keep: str
 
 
 @dataclass
@@ -334,6 +335,14 @@ def filter_scorer(weights: Path, model: ModelConfig) -> SyncScorer:
     return load_scorer(dataclasses.replace(model, arch="auto", weights=str(path), device="cpu"))
 
 
+def check_keep(recipe: TrainConfig) -> None:
+    """`validation.keep: best` needs validation clips to choose the step by; refuse it before the run."""
+    if recipe.validation.keep not in ("best", "last"):
+        raise RtdiarError(f"unknown validation.keep '{recipe.validation.keep}' (best or last)")
+    if recipe.validation.keep == "best" and not recipe.data.validation:
+        raise RtdiarError("validation.keep: best needs data.validation clips; with none, set keep: last (fixed steps)")
+
+
 def check_pairable(recipe: TrainConfig) -> None:
     """A pair is two `compact` models: refuse any other before the run, not after it."""
     first = first_model("pair_with", recipe.path(recipe.pair_with))
@@ -343,19 +352,27 @@ def check_pairable(recipe: TrainConfig) -> None:
             raise RtdiarError(f"pair_with pairs two compact models, but {what} is '{arch}'")
 
 
-def load_clips(folders: list[str], recipe: TrainConfig, config: Config) -> tuple[list[PreparedClip], list[str]]:
-    """Prepare (or reuse) and load every clip under the folders; also each clip's folder name."""
-    clips = find_clips([recipe.path(f) for f in folders])
+def recipe_clips(entries: list[str], recipe: TrainConfig) -> list[Path]:
+    """The video files a recipe list names, directly or by folder."""
+    return find_clips([recipe.path(entry) for entry in entries])
+
+
+def load_clips(entries: list[str], recipe: TrainConfig, config: Config,
+               leave_out: frozenset[Path] = frozenset()) -> tuple[list[PreparedClip], list[str]]:
+    """Prepare (or reuse) and load every clip the entries name, less those left out; also each clip's folder name."""
+    clips = [clip for clip in recipe_clips(entries, recipe) if clip.resolve() not in leave_out]
     if not clips:
-        raise RtdiarError(f"no video files under {', '.join(folders)}")
+        raise RtdiarError(f"no video files in {', '.join(entries)}" + (" outside data.validation" if leave_out else ""))
     cache = recipe.path(recipe.cache_dir) if recipe.cache_dir else DEFAULT_CACHE
     paths = prepare_clips(clips, cache, config, recipe.prepare_workers)
     return [PreparedClip.load(p) for p in tqdm(paths, desc="loading clips", unit="clip")], [p.parent.name for p in paths]
 
 
 def training_bank(recipe: TrainConfig, config: Config) -> ClipBank:
-    """The training clips, weighted by folder, with only the windows the first model keeps (if one is set)."""
-    clips, folders = load_clips(recipe.data.train, recipe, config)
+    """The training clips, less any validation clip (so k-fold folds can name all of a folder), weighted by
+    folder, with only the windows the first model keeps (if one is set)."""
+    held_out = frozenset(clip.resolve() for clip in recipe_clips(recipe.data.validation, recipe))
+    clips, folders = load_clips(recipe.data.train, recipe, config, held_out)
     weights = np.array([recipe.data.folder_weights.get(f, 1.0) for f in folders])
     if not recipe.data.sync_filter:
         return ClipBank(clips, weights, recipe.batch)
@@ -368,39 +385,44 @@ def training_bank(recipe: TrainConfig, config: Config) -> ClipBank:
 
 def train_model(recipe: TrainConfig, config: Config, out: Path | None = None,
                 resume: bool = False, overwrite: bool = False) -> Path:
-    """Train, validating on unseen people; write the best weights to `out` (default recipe.out)."""
+    """Train, validating on unseen people; write the best (or the last) weights to `out` (default recipe.out)."""
     out = Path(out) if out is not None else recipe.path(recipe.out)
     if out.exists() and not overwrite:
         raise RtdiarError(f"{out} exists; pass --overwrite to replace it, or --out PATH")
     run_dir = recipe.path(recipe.run_dir)
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise RtdiarError(f"run folder {run_dir} is not empty: pass --resume to continue it, or set run_dir")
+    check_keep(recipe)
     if recipe.pair_with:
         check_pairable(recipe)
     run_dir.mkdir(parents=True, exist_ok=True)
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
     bank = training_bank(recipe, config)
-    validate = WindowAUC(load_clips(recipe.data.validation, recipe, config)[0], recipe.validation)
+    validate = WindowAUC(load_clips(recipe.data.validation, recipe, config)[0], recipe.validation) \
+        if recipe.data.validation else None
     trainer = _Trainer(recipe, run_dir)
     if resume:
         trainer.restore()
-    best = trainer.fit(bank, validate)
-    print(f"rtdiar: best validation AUC {trainer.best_auc:.3f} at step {trainer.best_step}")
+    kept = trainer.fit(bank, validate)
+    if validate is not None:
+        print(f"rtdiar: best validation AUC {trainer.best_auc:.3f} at step {trainer.best_step}")
     if recipe.pair_with:
-        write_pair(recipe.path(recipe.pair_with), best, out, validate)
+        write_pair(recipe.path(recipe.pair_with), kept, out, validate)
     else:
-        shutil.copyfile(best, out)
+        shutil.copyfile(kept, out)
     print(f"rtdiar: weights in {out}")
     return out
 
 
-def write_pair(first: Path, second: Path, out: Path, validate: WindowAUC) -> None:
-    """Ship the run's best model paired with an earlier one (`pair_with`), with the pair's own AUC."""
+def write_pair(first: Path, second: Path, out: Path, validate: WindowAUC | None) -> None:
+    """Ship the run's model paired with an earlier one (`pair_with`), with the pair's own AUC when there is validation."""
     pair = pair_models(first, second)
-    auc = validate(pair)
-    save_weights(pair, out, "compact_pair", {"members": f"{first.name}, {second.name}", "validation_auc": f"{auc:.4f}"})
-    print(f"rtdiar: paired with {first}: validation AUC {auc:.3f}")
+    metadata = {"members": f"{first.name}, {second.name}"}
+    if validate is not None:
+        metadata["validation_auc"] = f"{validate(pair):.4f}"
+    save_weights(pair, out, "compact_pair", metadata)
+    print(f"rtdiar: paired with {first}" + (f": validation AUC {float(metadata['validation_auc']):.3f}" if validate else ""))
 
 
 def learning_rate(optim: OptimRecipe, step: int) -> float:
@@ -431,23 +453,31 @@ class _Trainer:
         self.best_step = 0
         self.stale = 0
 
-    def fit(self, bank: ClipBank, validate: WindowAUC) -> Path:
-        optim = self.recipe.optim
+    def fit(self, bank: ClipBank, validate: WindowAUC | None) -> Path:
+        """Train to max_steps, the time budget, or (keeping the best step) `patience` stale validations;
+        return the weights that ship: the best validated step, or the last one."""
+        optim, every = self.recipe.optim, self.recipe.validation.every_steps
+        early_stop = self.recipe.validation.keep == "best"
         budget_s = optim.time_budget_min * 60.0
         bar = tqdm(total=optim.max_steps, initial=self.step, desc="training", unit="step")
         started = time.monotonic() - self.elapsed_s
-        while self.step < optim.max_steps and self.elapsed_s < budget_s and self.stale < self.recipe.validation.patience:
+        loss = float("nan")
+        while self.step < optim.max_steps and self.elapsed_s < budget_s and not (early_stop and self.stale >= self.recipe.validation.patience):
             loss = self._step(bank.sample(self.rng))
             self.step += 1
             self.elapsed_s = time.monotonic() - started
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", auc=f"{self.best_auc:.3f}")
-            if self.step % self.recipe.validation.every_steps == 0:
+            bar.set_postfix(loss=f"{loss:.3f}", **({"auc": f"{self.best_auc:.3f}"} if validate else {}))
+            if self.step % every == 0:
                 self._validate(validate, loss)
         bar.close()
-        if self.best_step != self.step and self.step % self.recipe.validation.every_steps:
+        if self.step % every:
             self._validate(validate, loss)
-        return self.run_dir / "best.safetensors"
+        if early_stop:
+            return self.run_dir / "best.safetensors"
+        last = self.run_dir / "last.safetensors"
+        save_weights(self.model, last, self.recipe.arch, {"step": str(self.step), "seed": str(self.recipe.seed)})
+        return last
 
     def _step(self, batch: dict[str, np.ndarray]) -> float:
         lr = learning_rate(self.recipe.optim, self.step)
@@ -465,18 +495,21 @@ class _Trainer:
         self.optimizer.step()
         return loss.item()
 
-    def _validate(self, validate: WindowAUC, loss: float) -> None:
-        auc = validate(self.model)
-        improved = auc > self.best_auc
-        if improved:
-            self.best_auc, self.best_step, self.stale = auc, self.step, 0
-            save_weights(self.model, self.run_dir / "best.safetensors", self.recipe.arch,
-                         {"step": str(self.step), "validation_auc": f"{auc:.4f}", "seed": str(self.recipe.seed)})
-        else:
-            self.stale += 1
+    def _validate(self, validate: WindowAUC | None, loss: float) -> None:
+        """Log the step (with its validation AUC when there are validation clips) and checkpoint it."""
         scale = float(self.logit_scale.detach().exp())
         record = {"step": self.step, "elapsed_min": round(self.elapsed_s / 60, 2), "loss": round(loss, 4),
-                  "validation_auc": round(auc, 4), "best": improved, "logit_scale": round(scale, 2)}
+                  "logit_scale": round(scale, 2)}
+        if validate is not None:
+            auc = validate(self.model)
+            improved = auc > self.best_auc
+            if improved:
+                self.best_auc, self.best_step, self.stale = auc, self.step, 0
+                save_weights(self.model, self.run_dir / "best.safetensors", self.recipe.arch,
+                             {"step": str(self.step), "validation_auc": f"{auc:.4f}", "seed": str(self.recipe.seed)})
+            else:
+                self.stale += 1
+            record |= {"validation_auc": round(auc, 4), "best": improved}
         with open(self.run_dir / "log.jsonl", "a") as log:
             log.write(json.dumps(record) + "\n")
         tqdm.write(json.dumps(record))

@@ -13,8 +13,9 @@ from rtdiar.config import load_config
 from rtdiar.dataset import PreparedClip
 from rtdiar.errors import RtdiarError
 from rtdiar.inference import load_scorer, pack_faces
+from rtdiar.model import build_model, load_weights
 from rtdiar.training import (ClipBank, WindowAUC, augment_faces, augment_mels, compress_faces, contrastive_loss,
-                             in_sync_starts, load_train_config, train_model)
+                             in_sync_starts, load_train_config, train_model, training_bank)
 
 
 def _synthetic_clip(name: str, frames: int, seed: int) -> PreparedClip:
@@ -144,16 +145,17 @@ def test_window_auc_of_a_perfect_scorer_is_one():
 
 @pytest.fixture
 def tiny_recipe(tmp_path, dev_clip):
-    """Two short real clips, a few steps: the mechanics of a run, not its accuracy."""
+    """Three short real clips, a few steps: the mechanics of a run, not its accuracy. The whole folder is
+    named for training and one clip for validation, as a k-fold fold does."""
     import subprocess
 
     data = tmp_path / "data" / "wild"
     data.mkdir(parents=True)
-    for i, start in enumerate(("0", "2")):
-        subprocess.run(["ffmpeg", "-v", "error", "-ss", start, "-t", "2", "-i", str(dev_clip), str(data / f"c{i}.mp4")],
+    for i, start in enumerate(("0", "1.5", "3")):
+        subprocess.run(["ffmpeg", "-v", "error", "-ss", start, "-t", "1.6", "-i", str(dev_clip), str(data / f"c{i}.mp4")],
                        check=True)
     recipe = load_train_config()
-    recipe.data.train = recipe.data.validation = [str(data)]
+    recipe.data.train, recipe.data.validation = [str(data)], [str(data / "c2.mp4")]
     recipe.data.sync_filter = recipe.pair_with = None  # a single run, on every window
     recipe.run_dir = str(tmp_path / "run")
     recipe.cache_dir = str(tmp_path / "cache")
@@ -232,3 +234,25 @@ def test_an_overlay_names_its_own_folders(tmp_path):
     overlay.write_text("optim:\n  lr_typo: 0.01\n")
     with pytest.raises(RtdiarError, match="optim.lr_typo"):
         load_train_config(overlay)
+
+
+def test_validation_clips_are_never_trained_on(tiny_recipe):
+    bank = training_bank(tiny_recipe, load_config())
+    assert len(bank.clips) == 2  # c2, named for validation, is left out of the folder that holds it
+    tiny_recipe.data.train = tiny_recipe.data.validation
+    with pytest.raises(RtdiarError, match="outside data.validation"):
+        training_bank(tiny_recipe, load_config())
+
+
+def test_a_fixed_step_run_without_validation_ships_its_last_step(tiny_recipe, tmp_path):
+    tiny_recipe.data.validation = []
+    with pytest.raises(RtdiarError, match="keep: last"):
+        train_model(tiny_recipe, load_config(), out=tmp_path / "w.safetensors")
+    assert not (tmp_path / "run").exists()  # refused before the run
+    tiny_recipe.validation.keep = "last"
+    tiny_recipe.optim.max_steps = 3
+    tiny_recipe.validation.every_steps = 2
+    out = train_model(tiny_recipe, load_config(), out=tmp_path / "w.safetensors")
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 3] and not any("validation_auc" in r for r in log)
+    assert load_weights(build_model("compact"), out)["step"] == "3"
