@@ -293,6 +293,9 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
         "evaluate", "The lip-sync figures on unseen people (../shared/data/dev): window AUC, clip offset, "
                     "two faces one voice, and the singer in hamilton.")
     add_report_arguments(parser, "prepared-clip cache (default: ~/.cache/rtdiar/prepared)")
+    parser.add_argument("--held-out", metavar="RECIPE", type=Path,
+                        help="measure a training recipe's held-out clips (its data.validation, e.g. a k-fold fold in "
+                             "configs/kfold/) instead of dev/wild, with the weights it wrote (its out) unless --weights")
     return parser
 
 
@@ -315,8 +318,15 @@ def evaluate(args: argparse.Namespace) -> int:
     from rtdiar.outputs import check_output_path
 
     out = check_output_path(args.json, args.overwrite, []) if args.json is not None else None
+    clips = None
+    if args.held_out is not None:
+        from rtdiar.training import load_train_config, recipe_clips
+
+        recipe = load_train_config(args.held_out)
+        clips = recipe_clips(recipe.data.validation, recipe)
+        args.weights = args.weights or str(recipe.path(recipe.out))
     config = config_from_args(args)
-    figures = evaluate_model(config, load_scorer(config.model), data_dir=args.data, cache_dir=args.cache)
+    figures = evaluate_model(config, load_scorer(config.model), data_dir=args.data, cache_dir=args.cache, clips=clips)
     print(format_report(figures))
     if out is not None:
         out.write_text(json.dumps(figures, indent=2) + "\n")

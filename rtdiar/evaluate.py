@@ -16,6 +16,7 @@ deterministic: same clips, same windows, same order.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -296,23 +297,24 @@ def load_dev_clips(clip_paths: list[Path], cache_dir: Path, config: Config,
 
 
 def evaluate_model(config: Config, scorer: SyncScorer, data_dir: Path | None = None,
-                   cache_dir: Path | None = None) -> dict:
-    """Every figure of the model on the dev set, as a JSON-ready dict (see `format_report`)."""
+                   cache_dir: Path | None = None, clips: list[Path] | None = None) -> dict:
+    """Every figure of the model on the dev set, as a JSON-ready dict (see `format_report`); the
+    single-face figures on `clips` instead of dev/wild when given (a k-fold fold's held-out clips)."""
     data_dir = Path(data_dir) if data_dir is not None else DEFAULT_DATA
     cache_dir = Path(cache_dir) if cache_dir is not None else dataset.DEFAULT_CACHE
     wild = data_dir / "wild"
-    if not wild.is_dir():
+    if clips is None and not wild.is_dir():
         raise RtdiarError(f"no dev data: {wild} is not a folder (pass --data DIR, a folder holding wild/ and multi/)")
-    clip_paths = dataset.find_clips([wild])
+    clip_paths = dataset.find_clips([wild]) if clips is None else clips
     if not clip_paths:
-        raise RtdiarError(f"no video files in {wild}")
-    clips, skipped = load_dev_clips(clip_paths, cache_dir, config, scorer)
-    if not clips:
-        raise RtdiarError(f"no face tracked in any clip of {wild}")
-    figures = {"arch": getattr(scorer.model, "arch", type(scorer.model).__name__), "data": str(data_dir),
-               "clips": len(clips), "clips_without_face": skipped,
-               "window_auc": window_auc_figure(clips), "offset": offset_figure(clips),
-               "two_faces": two_faces_figure(clips, int(round(SMOOTH_S * config.window.fps)))}
+        raise RtdiarError(f"no video files in {wild if clips is None else 'the held-out clips'}")
+    embedded, skipped = load_dev_clips(clip_paths, cache_dir, config, scorer)
+    if not embedded:
+        raise RtdiarError(f"no face tracked in any of the {len(clip_paths)} clips")
+    figures = {"arch": getattr(scorer.model, "arch", type(scorer.model).__name__), "data": str(data_dir) if clips is None else os.path.commonpath([p.parent for p in clip_paths]),
+               "clips": len(embedded), "clips_without_face": skipped,
+               "window_auc": window_auc_figure(embedded), "offset": offset_figure(embedded),
+               "two_faces": two_faces_figure(embedded, int(round(SMOOTH_S * config.window.fps)))}
     for key, name, figure in (("hamilton", HAMILTON, hamilton_figure), ("crowd", CROWD, crowd_figure)):
         path = data_dir / "multi" / name
         figures[key] = figure(run_engine(path, config, scorer)) if path.exists() else None

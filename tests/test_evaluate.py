@@ -186,3 +186,22 @@ def test_equal_error_threshold_splits_the_two_score_sets():
     assert 0.4 <= threshold <= 0.6 and error == 0.0
     threshold, error = equal_error_threshold(np.array([0.3, 0.6, 0.7, 0.8]), np.array([0.1, 0.2, 0.4, 0.9]))
     assert 0.0 < error < 0.5
+
+
+def test_held_out_measures_only_a_recipes_validation_clips_with_its_weights(small_run, tmp_path):
+    """`rtdiar evaluate --held-out RECIPE`: a k-fold fold's figures, on the clips it never trained on."""
+    import json
+
+    from rtdiar.cli import main
+    from rtdiar.config import PROJECT_ROOT
+
+    root = small_run[1]
+    recipe = tmp_path / "fold.yaml"
+    recipe.write_text(f"out: {PROJECT_ROOT / 'weights' / 'rtdiar_syncnet.safetensors'}\n"
+                      f"data:\n  validation: [{root / 'wild' / 'grid_lbax4n.mp4'}]\n")
+    out = tmp_path / "figures.json"
+    assert main(["evaluate", "--held-out", str(recipe), "--data", str(root), "--cache", str(root / "cache"),
+                 "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["arch"] == "compact_pair" and figures["clips"] == 1
+    assert set(figures["window_auc"]["per_clip"]) == {"wild/grid_lbax4n"}
