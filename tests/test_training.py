@@ -246,6 +246,7 @@ def test_validation_clips_are_never_trained_on(tiny_recipe):
 
 def test_a_fixed_step_run_without_validation_ships_its_last_step(tiny_recipe, tmp_path):
     tiny_recipe.data.validation = []
+    tiny_recipe.validation.keep = "best"
     with pytest.raises(RtdiarError, match="keep: last"):
         train_model(tiny_recipe, load_config(), out=tmp_path / "w.safetensors")
     assert not (tmp_path / "run").exists()  # refused before the run
