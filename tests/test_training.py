@@ -257,3 +257,17 @@ def test_a_fixed_step_run_without_validation_ships_its_last_step(tiny_recipe, tm
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [2, 3] and not any("validation_auc" in r for r in log)
     assert load_weights(build_model("compact"), out)["step"] == "3"
+
+
+def test_the_kfold_folds_split_dev_wild_into_three_disjoint_sets(shared_dir):
+    from rtdiar.config import PROJECT_ROOT
+    from rtdiar.training import recipe_clips
+
+    folds = [load_train_config(PROJECT_ROOT / "configs" / "kfold" / f"fold{k}.yaml") for k in range(3)]
+    held_out = [{clip.name for clip in recipe_clips(recipe.data.validation, recipe)} for recipe in folds]
+    assert all(len(fold) == len(recipe.data.validation) for fold, recipe in zip(held_out, folds))  # every named clip exists
+    assert sum(map(len, held_out)) == len(set().union(*held_out))  # no clip in two folds
+    assert set().union(*held_out) == {clip.name for clip in recipe_clips(["../shared/data/dev/wild"], folds[0])}
+    people = ({"grid_id2_vcd_swwp2s.mpg", "grid_pwij3p.mpg"}, {f"phone_weather{i}.mp4" for i in (2, 3, 4)})
+    for person in people:  # one person's clips, one fold
+        assert sum(bool(person & fold) for fold in held_out) == 1
