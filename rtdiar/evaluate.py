@@ -311,7 +311,8 @@ def evaluate_model(config: Config, scorer: SyncScorer, data_dir: Path | None = N
     embedded, skipped = load_dev_clips(clip_paths, cache_dir, config, scorer)
     if not embedded:
         raise RtdiarError(f"no face tracked in any of the {len(clip_paths)} clips")
-    figures = {"arch": getattr(scorer.model, "arch", type(scorer.model).__name__), "data": str(data_dir) if clips is None else os.path.commonpath([p.parent for p in clip_paths]),
+    source = str(data_dir) if clips is None else os.path.commonpath([path.parent for path in clip_paths])
+    figures = {"arch": getattr(scorer.model, "arch", type(scorer.model).__name__), "data": source,
                "clips": len(embedded), "clips_without_face": skipped,
                "window_auc": window_auc_figure(embedded), "offset": offset_figure(embedded),
                "two_faces": two_faces_figure(embedded, int(round(SMOOTH_S * config.window.fps)))}

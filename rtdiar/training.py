@@ -418,11 +418,12 @@ def train_model(recipe: TrainConfig, config: Config, out: Path | None = None,
 def write_pair(first: Path, second: Path, out: Path, validate: WindowAUC | None) -> None:
     """Ship the run's model paired with an earlier one (`pair_with`), with the pair's own AUC when there is validation."""
     pair = pair_models(first, second)
-    metadata = {"members": f"{first.name}, {second.name}"}
+    metadata, note = {"members": f"{first.name}, {second.name}"}, ""
     if validate is not None:
-        metadata["validation_auc"] = f"{validate(pair):.4f}"
+        auc = validate(pair)
+        metadata["validation_auc"], note = f"{auc:.4f}", f": validation AUC {auc:.3f}"
     save_weights(pair, out, "compact_pair", metadata)
-    print(f"rtdiar: paired with {first}" + (f": validation AUC {float(metadata['validation_auc']):.3f}" if validate else ""))
+    print(f"rtdiar: paired with {first}{note}")
 
 
 def learning_rate(optim: OptimRecipe, step: int) -> float:
@@ -454,15 +455,11 @@ class _Trainer:
         self.stale = 0
 
     def fit(self, bank: ClipBank, validate: WindowAUC | None) -> Path:
-        """Train to max_steps, the time budget, or (keeping the best step) `patience` stale validations;
-        return the weights that ship: the best validated step, or the last one."""
-        optim, every = self.recipe.optim, self.recipe.validation.every_steps
-        early_stop = self.recipe.validation.keep == "best"
-        budget_s = optim.time_budget_min * 60.0
-        bar = tqdm(total=optim.max_steps, initial=self.step, desc="training", unit="step")
-        started = time.monotonic() - self.elapsed_s
-        loss = float("nan")
-        while self.step < optim.max_steps and self.elapsed_s < budget_s and not (early_stop and self.stale >= self.recipe.validation.patience):
+        """Train until `_done`; return the weights that ship: the best validated step, or the last one."""
+        every, early_stop = self.recipe.validation.every_steps, self.recipe.validation.keep == "best"
+        bar = tqdm(total=self.recipe.optim.max_steps, initial=self.step, desc="training", unit="step")
+        started, first_step, loss = time.monotonic() - self.elapsed_s, self.step, float("nan")
+        while not self._done(early_stop):
             loss = self._step(bank.sample(self.rng))
             self.step += 1
             self.elapsed_s = time.monotonic() - started
@@ -471,13 +468,19 @@ class _Trainer:
             if self.step % every == 0:
                 self._validate(validate, loss)
         bar.close()
-        if self.step % every:
+        if self.step > first_step and self.step % every:
             self._validate(validate, loss)
         if early_stop:
             return self.run_dir / "best.safetensors"
         last = self.run_dir / "last.safetensors"
         save_weights(self.model, last, self.recipe.arch, {"step": str(self.step), "seed": str(self.recipe.seed)})
         return last
+
+    def _done(self, early_stop: bool) -> bool:
+        """At max_steps, at the time budget, or (when the best step ships) after `patience` stale validations."""
+        optim = self.recipe.optim
+        stalled = early_stop and self.stale >= self.recipe.validation.patience
+        return self.step >= optim.max_steps or self.elapsed_s >= optim.time_budget_min * 60.0 or stalled
 
     def _step(self, batch: dict[str, np.ndarray]) -> float:
         lr = learning_rate(self.recipe.optim, self.step)
