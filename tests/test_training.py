@@ -15,7 +15,7 @@ from rtdiar.errors import RtdiarError
 from rtdiar.inference import load_scorer, pack_faces
 from rtdiar.model import build_model, load_weights
 from rtdiar.training import (ClipBank, WindowAUC, augment_faces, augment_mels, compress_faces, contrastive_loss,
-                             in_sync_starts, load_train_config, train_model, training_bank)
+                             in_sync_starts, load_train_config, recipe_clips, train_model, training_bank)
 
 
 def _synthetic_clip(name: str, frames: int, seed: int) -> PreparedClip:
@@ -261,7 +261,6 @@ def test_a_fixed_step_run_without_validation_ships_its_last_step(tiny_recipe, tm
 
 def test_the_kfold_folds_split_dev_wild_into_three_disjoint_sets(shared_dir):
     from rtdiar.config import PROJECT_ROOT
-    from rtdiar.training import recipe_clips
 
     folds = [load_train_config(PROJECT_ROOT / "configs" / "kfold" / f"fold{k}.yaml") for k in range(3)]
     held_out = [{clip.name for clip in recipe_clips(recipe.data.validation, recipe)} for recipe in folds]
