@@ -466,10 +466,10 @@ class _Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", **({"auc": f"{self.best_auc:.3f}"} if validate else {}))
             if self.step % every == 0:
-                self._validate(validate, loss)
+                self._log_step(validate, loss)
         bar.close()
         if self.step > first_step and self.step % every:
-            self._validate(validate, loss)
+            self._log_step(validate, loss)
         if early_stop:
             return self.run_dir / "best.safetensors"
         last = self.run_dir / "last.safetensors"
@@ -498,7 +498,7 @@ class _Trainer:
         self.optimizer.step()
         return loss.item()
 
-    def _validate(self, validate: WindowAUC | None, loss: float) -> None:
+    def _log_step(self, validate: WindowAUC | None, loss: float) -> None:
         """Log the step (with its validation AUC when there are validation clips) and checkpoint it."""
         scale = float(self.logit_scale.detach().exp())
         record = {"step": self.step, "elapsed_min": round(self.elapsed_s / 60, 2), "loss": round(loss, 4),
