@@ -6,7 +6,9 @@ the batch (InfoNCE), and each audio window its own video: the same clip's audio 
 away is the hard negative SyncNet trained on, and another clip's face at the same moment is the
 two-faces-one-voice case the diarizer lives on. Audio within `ambiguous_shift` frames of the truth
 is left out (a 40 ms shift is nearly the same sound). Validation is the window AUC on other
-people (`data.validation`); the best validation step is what ships.
+people (`data.validation`); the best validation step is what ships. With `optim.ema` it is a moving
+average of the weights that is validated and shipped: the raw weights jump between validations, so
+their best step is partly luck on the validation clips.
 
 The shipped recipe is two runs: a first model, then a second trained only on the windows the
 first finds in sync (`data.sync_filter`, SyncNet's data cleaning), shipped paired with the first
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from rtdiar.config import PROJECT_ROOT, Config, ModelConfig, WindowConfig, build_section, merge_settings, read_yaml
@@ -70,6 +73,7 @@ class OptimRecipe:
     warmup_steps: int
     schedule: str
     init_logit_scale: float
+    ema: float
 
 
 @dataclass
@@ -335,8 +339,11 @@ def filter_scorer(weights: Path, model: ModelConfig) -> SyncScorer:
     return load_scorer(dataclasses.replace(model, arch="auto", weights=str(path), device="cpu"))
 
 
-def check_keep(recipe: TrainConfig) -> None:
-    """`validation.keep: best` needs validation clips to choose the step by; refuse it before the run."""
+def check_choices(recipe: TrainConfig) -> None:
+    """Refuse, before the run, a `validation.keep` it cannot honour (best needs validation clips to choose
+    the step by) and an `optim.ema` decay outside [0, 1)."""
+    if not 0.0 <= recipe.optim.ema < 1.0:
+        raise RtdiarError(f"optim.ema must be in [0, 1) (0: off), not {recipe.optim.ema}")
     if recipe.validation.keep not in ("best", "last"):
         raise RtdiarError(f"unknown validation.keep '{recipe.validation.keep}' (best or last)")
     if recipe.validation.keep == "best" and not recipe.data.validation:
@@ -392,7 +399,7 @@ def train_model(recipe: TrainConfig, config: Config, out: Path | None = None,
     run_dir = recipe.path(recipe.run_dir)
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise RtdiarError(f"run folder {run_dir} is not empty: pass --resume to continue it, or set run_dir")
-    check_keep(recipe)
+    check_choices(recipe)
     if recipe.pair_with:
         check_pairable(recipe)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -448,11 +455,18 @@ class _Trainer:
                                            lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay)
         self.rng = np.random.default_rng(recipe.seed)
         self.generator = torch.Generator().manual_seed(recipe.seed)
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(recipe.optim.ema), use_buffers=True) \
+            if recipe.optim.ema > 0 else None
         self.step = 0
         self.elapsed_s = 0.0
         self.best_auc = -1.0
         self.best_step = 0
         self.stale = 0
+
+    @property
+    def shipped(self) -> nn.Module:
+        """The weights that are validated and shipped: their moving average when `optim.ema` is on."""
+        return self.model if self.ema is None else self.ema.module
 
     def fit(self, bank: ClipBank, validate: WindowAUC | None) -> Path:
         """Train until `_done`; return the weights that ship: the best validated step, or the last one."""
@@ -473,7 +487,7 @@ class _Trainer:
         if early_stop:
             return self.run_dir / "best.safetensors"
         last = self.run_dir / "last.safetensors"
-        save_weights(self.model, last, self.recipe.arch, {"step": str(self.step), "seed": str(self.recipe.seed)})
+        save_weights(self.shipped, last, self.recipe.arch, {"step": str(self.step), "seed": str(self.recipe.seed)})
         return last
 
     def _done(self, early_stop: bool) -> bool:
@@ -496,6 +510,8 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         return loss.item()
 
     def _log_step(self, validate: WindowAUC | None, loss: float) -> None:
@@ -504,11 +520,11 @@ class _Trainer:
         record = {"step": self.step, "elapsed_min": round(self.elapsed_s / 60, 2), "loss": round(loss, 4),
                   "logit_scale": round(scale, 2)}
         if validate is not None:
-            auc = validate(self.model)
+            auc = validate(self.shipped)
             improved = auc > self.best_auc
             if improved:
                 self.best_auc, self.best_step, self.stale = auc, self.step, 0
-                save_weights(self.model, self.run_dir / "best.safetensors", self.recipe.arch,
+                save_weights(self.shipped, self.run_dir / "best.safetensors", self.recipe.arch,
                              {"step": str(self.step), "validation_auc": f"{auc:.4f}", "seed": str(self.recipe.seed)})
             else:
                 self.stale += 1
@@ -523,6 +539,8 @@ class _Trainer:
                  "optimizer": self.optimizer.state_dict(), "step": self.step, "elapsed_s": self.elapsed_s,
                  "best_auc": self.best_auc, "best_step": self.best_step, "stale": self.stale,
                  "numpy_rng": json.dumps(self.rng.bit_generator.state), "torch_rng": self.generator.get_state()}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         partial = self.run_dir / "last.pt.partial"
         torch.save(state, partial)
         partial.replace(self.run_dir / "last.pt")
@@ -537,6 +555,8 @@ class _Trainer:
         with torch.no_grad():
             self.logit_scale.copy_(state["logit_scale"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.step, self.elapsed_s = state["step"], state["elapsed_s"]
         self.best_auc, self.best_step, self.stale = state["best_auc"], state["best_step"], state["stale"]
         self.rng.bit_generator.state = json.loads(state["numpy_rng"])

@@ -184,6 +184,38 @@ def test_a_run_writes_loadable_weights_and_resumes(tiny_recipe, tmp_path):
     assert [r["step"] for r in log] == [1, 2, 3]  # continued, not restarted
 
 
+def _run_weights(recipe, tmp_path, name: str, steps: int, ema: float, resume_from: int = 0) -> dict:
+    """Train `steps` fixed steps (after `resume_from` of them, then a resume) and read the shipped tensors."""
+    from safetensors.torch import load_file
+
+    recipe.run_dir, recipe.optim.max_steps, recipe.optim.ema = str(tmp_path / name), steps, ema
+    recipe.validation.keep = "last"
+    out = tmp_path / f"{name}.safetensors"
+    if resume_from:
+        recipe.optim.max_steps = resume_from
+        train_model(recipe, load_config(), out=out)
+        recipe.optim.max_steps = steps
+    train_model(recipe, load_config(), out=out, resume=bool(resume_from), overwrite=True)
+    return load_file(out)
+
+
+def test_a_run_with_a_weight_average_ships_the_average_and_resumes_it(tiny_recipe, tmp_path):
+    first = _run_weights(tiny_recipe, tmp_path, "raw1", 1, ema=0.0)
+    second = _run_weights(tiny_recipe, tmp_path, "raw2", 2, ema=0.0)
+    averaged = _run_weights(tiny_recipe, tmp_path, "ema2", 2, ema=0.75)
+    for name, tensor in averaged.items():
+        if tensor.is_floating_point():  # the average of the two steps' weights, not the last step's
+            torch.testing.assert_close(tensor, 0.75 * first[name] + 0.25 * second[name])
+    assert not all(torch.equal(averaged[name], second[name]) for name in second)
+    resumed = _run_weights(tiny_recipe, tmp_path, "ema_resumed", 2, ema=0.75, resume_from=1)
+    for name, tensor in averaged.items():
+        torch.testing.assert_close(resumed[name], tensor)  # the average survives a checkpoint
+    tiny_recipe.run_dir, tiny_recipe.optim.ema = str(tmp_path / "bad"), 1.0
+    with pytest.raises(RtdiarError, match="optim.ema"):
+        train_model(tiny_recipe, load_config(), out=tmp_path / "bad.safetensors")
+    assert not (tmp_path / "bad").exists()  # refused before the run
+
+
 def test_learning_rate_warms_up_then_follows_the_schedule():
     from rtdiar.training import learning_rate
 
