@@ -185,7 +185,7 @@ def test_a_run_writes_loadable_weights_and_resumes(tiny_recipe, tmp_path):
 
 
 def _run_weights(recipe, tmp_path, name: str, steps: int, ema: float, resume_from: int = 0) -> dict:
-    """Train `steps` fixed steps (after `resume_from` of them, then a resume) and read the shipped tensors."""
+    """Train `steps` fixed steps (stopping after `resume_from` of them and resuming, when given); read what ships."""
     from safetensors.torch import load_file
 
     recipe.run_dir, recipe.optim.max_steps, recipe.optim.ema = str(tmp_path / name), steps, ema
