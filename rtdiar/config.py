@@ -45,6 +45,7 @@ class TrackerConfig:
     min_hits: int
     max_misses: int
     box_smoothing: float
+    cut_threshold: float
     pad_top: float
     pad_bottom: float
     pad_left: float

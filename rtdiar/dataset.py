@@ -28,7 +28,7 @@ from tqdm import tqdm
 from rtdiar.audio import MEL_SILENCE, wav2lip_melspectrogram
 from rtdiar.config import Config
 from rtdiar.sources import FileSource
-from rtdiar.tracking import FaceDetector, IoUTracker, crop_mouth_region
+from rtdiar.tracking import FaceDetector, IoUTracker, ShotCuts, crop_mouth_region
 from rtdiar.windows import MEL_FPS, mel_start_index, nearest_frames
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rtdiar" / "prepared"
@@ -124,9 +124,10 @@ def track_clip(clip: Path, config: Config, detector: FaceDetector) -> PreparedCl
     """The clip's longest face track on the 25 fps grid, or None when no face was tracked."""
     source = FileSource(clip, None, "fast", config.video, config.audio)
     tracker = IoUTracker(config.tracker)
+    cuts = ShotCuts(config.tracker.cut_threshold)
     tracks: dict[int, list[tuple[float, np.ndarray]]] = defaultdict(list)
     for frame in source.read_frames(threading.Event()):
-        for track in tracker.update(*detector.detect(frame.image)):
+        for track in tracker.update(*detector.detect(frame.image), cuts.is_cut(frame.image)):
             crop = crop_mouth_region(frame.image, track.box, config.tracker, config.window.crop_px)
             tracks[track.id].append((frame.t, crop))
     if not tracks:

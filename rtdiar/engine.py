@@ -21,7 +21,7 @@ from rtdiar.errors import RtdiarError
 from rtdiar.inference import SyncScorer
 from rtdiar.sources import VideoFrame
 from rtdiar.timing import StageTimes
-from rtdiar.tracking import FaceDetector, IoUTracker, crop_mouth_region
+from rtdiar.tracking import FaceDetector, IoUTracker, ShotCuts, crop_mouth_region
 from rtdiar.types import FaceResult, FrameResult
 from rtdiar.windows import CropHistory, audio_end_sample, mel_start_index, window_times
 
@@ -36,6 +36,7 @@ class _Detected:
     frame: VideoFrame
     boxes: np.ndarray
     scores: np.ndarray
+    cut: bool  # the frame opens a new shot
 
 
 @dataclass
@@ -138,11 +139,12 @@ class Diarizer:
     def _detect_loop(self, frames: queue.Queue, detected: queue.Queue) -> None:
         """Faces of every frame, in order; control items (end, failures) pass through."""
         try:
+            cuts = ShotCuts(self.config.tracker.cut_threshold)
             with FaceDetector(self.config.detector) as detector:
                 while (item := self._take(frames)) is not None:
                     if isinstance(item, VideoFrame):
                         with self.times.stage("detect"):
-                            item = _Detected(item, *detector.detect(item.image))
+                            item = _Detected(item, *detector.detect(item.image), cuts.is_cut(item.image))
                     self._enqueue(detected, item, drop_stale=False)
                     if not isinstance(item, _Detected):
                         return
@@ -197,7 +199,7 @@ class Diarizer:
                 raise item.error
             frame: VideoFrame = item.frame
             with self.times.stage("track"):
-                tracks = tracker.update(item.boxes, item.scores)
+                tracks = tracker.update(item.boxes, item.scores, item.cut)
                 for ended in tracker.ended_ids():
                     histories.pop(ended, None)
                     smoother.forget(ended)

@@ -51,8 +51,9 @@ CROWD = "crowd_nobody_speaks.mp4"
 # frames and at the cuts (frame-difference spikes at frames 20, 82 and 211 of the 29.97 fps file):
 # 0-19 a wide shot of him singing, 20-81 a close-up profile of a pianist with the audience behind
 # (only audience faces are detected), 82-210 him singing in a medium shot, 211 on the audience.
-# In his shots he is the only face the detector finds, so he is the largest box; the tracker can
-# carry an id across a cut (an audience face's id goes on to him at frame 82), so ids are not used.
+# In his shots he is the only face the detector finds, so he is the largest box; ids are not used,
+# since every cut gives him a new one (and with `tracker.cut_threshold: 0` an audience face's id
+# goes on to him at frame 82).
 PERFORMER_FRAMES = ((0, 20), (82, 211))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 import time
 
 import numpy as np
@@ -97,3 +98,25 @@ def test_audio_is_aligned_on_stream_start_times(config, shared_dir):
     clip = shared_dir / "data" / "dev" / "multi" / "hamilton_two_faces_one_singer.mp4"
     source = FileSource(clip, None, "fast", config.video, config.audio)
     assert source.audio_offset_s == pytest.approx(0.852 - 0.008, abs=0.002)
+
+
+def test_a_shot_cut_gives_the_next_face_a_new_id_and_no_carried_score(config, tmp_path):
+    """Two talking heads edited one after the other, the face in the same place: the second is
+    another person, so it must not inherit the first one's id, crop window or smoothed score."""
+    edited = tmp_path / "two_shots.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-t", "2", "-i", str(DEV_WILD / "pcavs_00067.mp4"),
+                    "-t", "2", "-i", str(DEV_WILD / "pcavs_00098.mp4"), "-filter_complex",
+                    "[0:v][0:a][1:v][1:a]concat=n=2:v=1:a=1[v][a]", "-map", "[v]", "-map", "[a]", str(edited)],
+                   check=True)
+    results, _ = _run(config, edited)
+    first = {f.id for r in results[:50] for f in r.faces}
+    second = {f.id for r in results[50:] for f in r.faces}
+    assert first == {1} and second == {2}
+    # the new face waits for min_hits and a whole window of its own before it is scored again
+    scored = [i for i, r in enumerate(results) if i >= 50 and r.faces and r.faces[0].score is not None]
+    assert scored[0] >= 50 + config.tracker.min_hits - 1 + config.window.frames - 1
+    assert all(r.speaker in (None, 2) for r in results[50:])
+
+    uncut = dataclasses.replace(config, tracker=dataclasses.replace(config.tracker, cut_threshold=0.0))
+    results, _ = _run(uncut, edited)
+    assert {f.id for r in results for f in r.faces} == {1}  # what happened before: one id for two people

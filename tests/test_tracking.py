@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from rtdiar.config import DetectorConfig, TrackerConfig, load_config
-from rtdiar.tracking import FaceDetector, IoUTracker, crop_mouth_region, expand_box, iou_matrix
+from conftest import DEV_WILD
+from rtdiar.tracking import FaceDetector, IoUTracker, ShotCuts, crop_mouth_region, expand_box, iou_matrix
 
 
 @pytest.fixture
@@ -183,6 +184,45 @@ def test_box_smoothing_moves_by_the_configured_fraction(tracker_cfg):
     (track,) = tracker.update(moved[None], np.array([0.9]))
     np.testing.assert_allclose(track.box, np.array(FACE) + 0.25 * (moved - np.array(FACE)))
 
+
+def test_a_shot_cut_ends_every_track_and_the_face_in_the_same_place_is_a_new_one(tracker_cfg):
+    tracker = IoUTracker(tracker_cfg)
+    for _ in range(tracker_cfg.min_hits):
+        _step(tracker, FACE, OTHER)
+    assert _step(tracker, FACE, OTHER) == [1, 2]
+    arr = np.array([FACE, OTHER])
+    assert tracker.update(arr, np.full(2, 0.9), cut=True) == []  # new shot: new tentative tracks
+    assert tracker.ended_ids() == [1, 2]
+    shown = [_step(tracker, FACE, OTHER) for _ in range(tracker_cfg.min_hits - 1)]
+    assert shown[-1] == [3, 4] and tracker.ended_ids() == []
+
+
+def _frames(path, count: int) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(path))
+    frames = [capture.read()[1] for _ in range(count)]
+    capture.release()
+    return frames
+
+
+def test_shot_cuts_fire_between_clips_not_within_one(shared_dir, config):
+    """Consecutive frames of a talking head (a moving face) are one shot; the next clip is a cut."""
+    one = _frames(DEV_WILD / "pcavs_00067.mp4", 50)
+    other = _frames(DEV_WILD / "pcavs_00098.mp4", 5)
+    cuts = ShotCuts(config.tracker.cut_threshold)
+    seen = [cuts.is_cut(frame) for frame in one + other]
+    assert seen == [False] * 50 + [True] + [False] * 4
+    never = ShotCuts(0.0)
+    assert not any(never.is_cut(frame) for frame in one + other)
+
+
+
+def test_a_whip_pan_is_one_cut_not_one_per_frame(shared_dir, config):
+    """80 px a frame across a 640 px stage: the change stays high while the camera moves, so only
+    its first frame stands out from the frames before it."""
+    (still,) = _frames(shared_dir / "data" / "dev" / "multi" / "hamilton_two_faces_one_singer.mp4", 1)
+    cuts = ShotCuts(config.tracker.cut_threshold)
+    panned = [np.roll(still, 80 * max(0, k - 3), axis=1) for k in range(12)]
+    assert [cuts.is_cut(frame) for frame in panned] == [False] * 4 + [True] + [False] * 7
 
 # --- crop ---------------------------------------------------------------------------------------
 
