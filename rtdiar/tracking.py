@@ -96,7 +96,7 @@ class ShotCuts:
     HISTORY = 5
 
     def __init__(self, threshold: float) -> None:
-        self.threshold = threshold  # 0: never a cut (live cameras have none)
+        self.threshold = threshold  # 0: never a cut
         self._previous: np.ndarray | None = None
         self._values: deque[float] = deque(maxlen=self.HISTORY)
 
