@@ -27,12 +27,15 @@ from tqdm import tqdm
 
 from rtdiar.audio import MEL_SILENCE, wav2lip_melspectrogram
 from rtdiar.config import Config
+from rtdiar.media import lossy_round_trip
 from rtdiar.sources import FileSource
 from rtdiar.tracking import FaceDetector, IoUTracker, ShotCuts, crop_mouth_region
 from rtdiar.windows import MEL_FPS, mel_start_index, nearest_frames
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rtdiar" / "prepared"
 PREP_VERSION = 1  # bump when the preprocessing code changes what it writes
+CODED_BATCH = 40  # clips whose sound goes through a codec in one ffmpeg round trip
+CODED_GAP_S = 0.5  # silence between them, so a codec's frames never straddle two clips
 VIDEO_SUFFIXES = (".mp4", ".mpg", ".avi", ".mov", ".mkv", ".webm")
 
 
@@ -164,20 +167,60 @@ def _prepare_batch(jobs: list[tuple[Path, Path]], config: Config) -> int:
 
 
 def prepare_clips(clips: Sequence[Path], cache_dir: Path, config: Config, workers: int = 2) -> list[Path]:
-    """Prepare the clips not cached yet (in `workers` processes); the cached paths of those with a face.
+    """Prepare the clips not cached yet (in `workers` processes); the cached paths of those with a face."""
+    targets = [(clip, cache_path(clip, cache_dir, config)) for clip in clips]
+    todo = [(clip, out) for clip, out in targets if not out.exists() and not out.with_suffix(".noface").exists()]
+    _in_workers(_prepare_batch, [todo[i:i + 8] for i in range(0, len(todo), 8)], workers, "preparing clips", config)
+    return [out for _, out in targets if out.exists()]
+
+
+def coded_cache_path(clip: Path, cache_dir: Path, config: Config, codecs: Sequence[str]) -> Path:
+    """Where a clip's coded mels live: beside its prepared track, under a digest of the codecs."""
+    digest = hashlib.sha1(json.dumps(list(codecs)).encode()).hexdigest()[:10]
+    return cache_dir / prep_digest(config) / f"coded-{digest}" / clip.parent.name / f"{clip.stem}.npy"
+
+
+def prepare_coded(clips: Sequence[Path], cache_dir: Path, config: Config, codecs: Sequence[str],
+                  workers: int = 2) -> list[Path]:
+    """Each clip's mel after its sound went through each lossy codec (ffmpeg output options), made once
+    and cached: `(len(codecs), 80, M)` float16, M the length of the clip's prepared mel."""
+    targets = [coded_cache_path(clip, cache_dir, config, codecs) for clip in clips]
+    todo = [(clip, out) for clip, out in zip(clips, targets) if not out.exists()]
+    chunks = [todo[i:i + CODED_BATCH] for i in range(0, len(todo), CODED_BATCH)]
+    _in_workers(_code_batch, chunks, workers, "coding audio", config, list(codecs))
+    return targets
+
+
+def _code_batch(jobs: list[tuple[Path, Path]], config: Config, codecs: list[str]) -> int:
+    """Code a batch of clips' sound: joined by short silences, it goes through each codec in one ffmpeg
+    round trip (two processes per codec for the whole batch, not per clip), then is cut up again."""
+    rate = config.audio.sample_rate
+    waves = [FileSource(clip, None, "fast", config.video, config.audio).aligned_audio() for clip, _ in jobs]
+    gap = np.zeros(int(CODED_GAP_S * rate), np.float32)
+    coded = [lossy_round_trip(np.concatenate([part for wave in waves for part in (wave, gap)]), options, rate)
+             for options in codecs]
+    start = 0
+    for (_, out), wave in zip(jobs, waves):
+        mels = np.stack([wav2lip_melspectrogram(sound[start:start + len(wave)], rate) for sound in coded])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp.npy")
+        np.save(tmp, mels.astype(np.float16))
+        os.replace(tmp, out)
+        start += len(wave) + len(gap)
+    return len(jobs)
+
+
+def _in_workers(batch_fn, chunks: list[list], workers: int, desc: str, *args) -> None:
+    """Run `batch_fn(chunk, *args)` (which returns how many items it did) over the chunks, with a bar.
 
     Workers are spawned, not forked: a fork of a process that already ran torch or MediaPipe
     threads can abort.
     """
-    targets = [(clip, cache_path(clip, cache_dir, config)) for clip in clips]
-    todo = [(clip, out) for clip, out in targets if not out.exists() and not out.with_suffix(".noface").exists()]
-    chunks = [todo[i:i + 8] for i in range(0, len(todo), 8)]
-    with tqdm(total=len(todo), desc="preparing clips", unit="clip", disable=not todo) as bar:
+    with tqdm(total=sum(map(len, chunks)), desc=desc, unit="clip", disable=not chunks) as bar:
         if workers <= 1:
             for chunk in chunks:
-                bar.update(_prepare_batch(chunk, config))
+                bar.update(batch_fn(chunk, *args))
         elif chunks:
             with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                for done in pool.map(_prepare_batch, chunks, [config] * len(chunks)):
+                for done in pool.map(batch_fn, chunks, *([arg] * len(chunks) for arg in args)):
                     bar.update(done)
-    return [out for _, out in targets if out.exists()]

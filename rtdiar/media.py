@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.signal import correlate
 
 from rtdiar.errors import RtdiarError
 
@@ -102,3 +103,34 @@ def decode_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
         reason = (proc.stderr.decode(errors="replace").strip().splitlines() or ["decoding failed"])[-1]
         raise RtdiarError(f"cannot decode audio of {path}: {reason}")
     return np.frombuffer(proc.stdout, dtype=np.float32).copy()
+
+
+MAX_CODEC_DELAY_S = 0.25  # longer than any encoder's priming (MP3 ~ 0.07 s, AAC and Opus less)
+
+
+def lossy_round_trip(samples: np.ndarray, options: str, sample_rate: int = 16000) -> np.ndarray:
+    """Mono float32 `samples` encoded with ffmpeg output `options` (e.g. "-c:a libmp3lame -b:a 24k")
+    and decoded back at `sample_rate`: the same length, and the sound where it was, because an
+    encoder's delay (its priming samples) is found by cross-correlation and removed. What a phone,
+    a web video or a call does to the sound, for training on it."""
+    encode = [require_tool("ffmpeg"), "-nostdin", "-v", "error", "-f", "f32le", "-ar", str(sample_rate), "-ac", "1",
+              "-i", "-", *options.split(), "-f", "nut", "-"]
+    decode = [require_tool("ffmpeg"), "-nostdin", "-v", "error", "-i", "-", "-ac", "1", "-ar", str(sample_rate),
+              "-f", "f32le", "-"]
+    coded = subprocess.run(encode, input=np.asarray(samples, np.float32).tobytes(), capture_output=True)
+    decoded = subprocess.run(decode, input=coded.stdout, capture_output=True) if coded.returncode == 0 else coded
+    if decoded.returncode != 0 or not decoded.stdout:
+        reason = (decoded.stderr.decode(errors="replace").strip().splitlines() or ["no audio came out"])[-1]
+        raise RtdiarError(f"cannot code audio with ffmpeg options '{options}': {reason}")
+    out = np.frombuffer(decoded.stdout, dtype=np.float32)
+    delay = _codec_delay(samples, out, int(MAX_CODEC_DELAY_S * sample_rate))
+    out = out[delay:delay + len(samples)]
+    return np.pad(out, (0, len(samples) - len(out)))
+
+
+def _codec_delay(original: np.ndarray, coded: np.ndarray, max_delay: int) -> int:
+    """How many samples later `coded` starts than `original` (0 to max_delay), by cross-correlation."""
+    span = min(len(original), len(coded) - max_delay)
+    if span <= 0 or not np.any(original[:span]):
+        return 0
+    return int(np.argmax(correlate(coded[:span + max_delay], original[:span], mode="valid", method="fft")))

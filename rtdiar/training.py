@@ -35,7 +35,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from rtdiar.config import PROJECT_ROOT, Config, ModelConfig, WindowConfig, build_section, merge_settings, read_yaml
-from rtdiar.dataset import DEFAULT_CACHE, PreparedClip, find_clips, prepare_clips
+from rtdiar.dataset import DEFAULT_CACHE, PreparedClip, cache_path, find_clips, prepare_clips, prepare_coded
 from rtdiar.errors import RtdiarError
 from rtdiar.evaluate import roc_auc
 from rtdiar.inference import SyncScorer, load_scorer, pack_faces
@@ -97,6 +97,8 @@ class AugmentRecipe:
     jpeg: float
     jpeg_quality: list
     gain_db: list
+    codec: float
+    codecs: list
     noise_floor: list
 
 
@@ -140,11 +142,13 @@ class ClipBank:
     """Every prepared training clip in memory, sampled into contrastive batches.
 
     `starts`, when given, are the video windows each clip may use (by default all of them); the
-    audio always covers the whole segment.
+    audio always covers the whole segment. `coded`, when given, holds each clip's mel through lossy
+    codecs (`prepare_coded`): a `coded_share` of the clips in a batch sound through one of them.
     """
 
     def __init__(self, clips: list[PreparedClip], weights: np.ndarray, recipe: BatchRecipe,
-                 starts: list[np.ndarray] | None = None) -> None:
+                 starts: list[np.ndarray] | None = None, coded: list[np.ndarray] | None = None,
+                 coded_share: float = 0.0) -> None:
         self.recipe = recipe
         if starts is None:
             starts = [c.window_starts() for c in clips]  # once: they do not change between batches
@@ -153,6 +157,8 @@ class ClipBank:
             raise RtdiarError("no training clip holds two 5-frame windows with a tracked face")
         self.clips = [c for c, keep in zip(clips, kept) if keep]
         self.starts = [s for s, keep in zip(starts, kept) if keep]
+        self.coded = None if coded is None else [c for c, keep in zip(coded, kept) if keep]
+        self.coded_share = coded_share
         self.weights = np.asarray(weights, np.float64)[kept]
         self.weights /= self.weights.sum()
 
@@ -161,7 +167,7 @@ class ClipBank:
         faces, mels, video_key, audio_key = [], [], [], []
         count = min(self.recipe.clips, len(self.clips))
         for slot, index in enumerate(rng.choice(len(self.clips), count, replace=False, p=self.weights)):
-            clip = self.clips[index]
+            clip = self._sounding(index, rng)
             first, last = self._segment(clip, rng)
             positions = np.arange(first, last + 1)
             positions = positions[clip.audio_inside(positions)]
@@ -174,6 +180,15 @@ class ClipBank:
             audio_key += [(slot, p) for p in positions]
         return {"faces": np.stack(faces), "mels": np.concatenate(mels),
                 "video_key": np.array(video_key), "audio_key": np.array(audio_key)}
+
+    def _sounding(self, index: int, rng: np.random.Generator) -> PreparedClip:
+        """The clip, now and then with its sound through a codec. Without coded mels it draws no random
+        numbers, so a recipe without them replays exactly."""
+        clip = self.clips[index]
+        if self.coded is None or rng.random() >= self.coded_share:
+            return clip
+        variants = self.coded[index]
+        return dataclasses.replace(clip, mel=variants[rng.integers(len(variants))].astype(np.float32))
 
     def _segment(self, clip: PreparedClip, rng: np.random.Generator) -> tuple[int, int]:
         """First and last window start of a random segment of `segment_frames` grid frames."""
@@ -341,13 +356,15 @@ def filter_scorer(weights: Path, model: ModelConfig) -> SyncScorer:
 
 def check_choices(recipe: TrainConfig) -> None:
     """Refuse, before the run, a `validation.keep` it cannot honour (best needs validation clips to choose
-    the step by) and an `optim.ema` decay outside [0, 1)."""
+    the step by), an `optim.ema` decay outside [0, 1) and a coded-audio share without codecs."""
     if not 0.0 <= recipe.optim.ema < 1.0:
         raise RtdiarError(f"optim.ema must be in [0, 1) (0: off), not {recipe.optim.ema}")
     if recipe.validation.keep not in ("best", "last"):
         raise RtdiarError(f"unknown validation.keep '{recipe.validation.keep}' (best or last)")
     if recipe.validation.keep == "best" and not recipe.data.validation:
         raise RtdiarError("validation.keep: best needs data.validation clips; with none, set keep: last (fixed steps)")
+    if not 0.0 <= recipe.augment.codec <= 1.0 or (recipe.augment.codec > 0 and not recipe.augment.codecs):
+        raise RtdiarError(f"augment.codec must be in [0, 1] with augment.codecs listed, not {recipe.augment.codec}")
 
 
 def check_pairable(recipe: TrainConfig) -> None:
@@ -365,29 +382,44 @@ def recipe_clips(entries: list[str], recipe: TrainConfig) -> list[Path]:
 
 
 def load_clips(entries: list[str], recipe: TrainConfig, config: Config,
-               leave_out: frozenset[Path] = frozenset()) -> tuple[list[PreparedClip], list[str]]:
-    """Prepare (or reuse) and load every clip the entries name, less those left out; also each clip's folder name."""
+               leave_out: frozenset[Path] = frozenset()) -> tuple[list[PreparedClip], list[Path]]:
+    """Prepare (or reuse) and load every clip the entries name, less those left out; also each one's video file."""
     clips = [clip for clip in recipe_clips(entries, recipe) if clip.resolve() not in leave_out]
     if not clips:
         raise RtdiarError(f"no video files in {', '.join(entries)}" + (" outside data.validation" if leave_out else ""))
-    cache = recipe.path(recipe.cache_dir) if recipe.cache_dir else DEFAULT_CACHE
-    paths = prepare_clips(clips, cache, config, recipe.prepare_workers)
-    return [PreparedClip.load(p) for p in tqdm(paths, desc="loading clips", unit="clip")], [p.parent.name for p in paths]
+    cache = recipe_cache(recipe)
+    prepared = set(prepare_clips(clips, cache, config, recipe.prepare_workers))
+    with_face = [clip for clip in clips if cache_path(clip, cache, config) in prepared]
+    return [PreparedClip.load(cache_path(clip, cache, config))
+            for clip in tqdm(with_face, desc="loading clips", unit="clip")], with_face
+
+
+def recipe_cache(recipe: TrainConfig) -> Path:
+    return recipe.path(recipe.cache_dir) if recipe.cache_dir else DEFAULT_CACHE
+
+
+def coded_mels(videos: list[Path], recipe: TrainConfig, config: Config) -> list[np.ndarray] | None:
+    """Every clip's mel through each of `augment.codecs` (made once, cached), when `augment.codec` asks for them."""
+    if recipe.augment.codec <= 0:
+        return None
+    paths = prepare_coded(videos, recipe_cache(recipe), config, recipe.augment.codecs, recipe.prepare_workers)
+    return [np.load(path) for path in tqdm(paths, desc="loading coded audio", unit="clip")]
 
 
 def training_bank(recipe: TrainConfig, config: Config) -> ClipBank:
     """The training clips, less any validation clip (so k-fold folds can name all of a folder), weighted by
     folder, with only the windows the first model keeps (if one is set)."""
     held_out = frozenset(clip.resolve() for clip in recipe_clips(recipe.data.validation, recipe))
-    clips, folders = load_clips(recipe.data.train, recipe, config, held_out)
-    weights = np.array([recipe.data.folder_weights.get(f, 1.0) for f in folders])
+    clips, videos = load_clips(recipe.data.train, recipe, config, held_out)
+    weights = np.array([recipe.data.folder_weights.get(video.parent.name, 1.0) for video in videos])
+    coded = coded_mels(videos, recipe, config)
     if not recipe.data.sync_filter:
-        return ClipBank(clips, weights, recipe.batch)
+        return ClipBank(clips, weights, recipe.batch, coded=coded, coded_share=recipe.augment.codec)
     scorer = filter_scorer(recipe.path(recipe.data.sync_filter), config.model)
     starts = in_sync_starts(clips, scorer, recipe.data.sync_tolerance, config.window)
     total = sum(len(c.window_starts()) for c in clips)
     print(f"rtdiar: the first model keeps {sum(map(len, starts))} of {total} training windows")
-    return ClipBank(clips, weights, recipe.batch, starts)
+    return ClipBank(clips, weights, recipe.batch, starts, coded, recipe.augment.codec)
 
 
 def train_model(recipe: TrainConfig, config: Config, out: Path | None = None,

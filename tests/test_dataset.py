@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 from rtdiar.config import load_config
-from rtdiar.dataset import PreparedClip, cache_path, find_clips, prepare_clips, prep_digest, track_clip
+from rtdiar.dataset import (PreparedClip, cache_path, coded_cache_path, find_clips, prepare_clips, prepare_coded,
+                            prep_digest, track_clip)
+from rtdiar.errors import RtdiarError
+from rtdiar.media import lossy_round_trip
 from rtdiar.tracking import FaceDetector
 
 
@@ -76,3 +79,51 @@ def test_a_clip_without_a_face_is_remembered_and_skipped(tmp_path):
                     "-f", "lavfi", "-i", "sine=frequency=300:duration=1", "-shortest", str(folder / "bars.mp4")],
                    check=True)
     assert prepare_clips(find_clips([folder]), tmp_path / "cache", load_config(), workers=1) == []
+
+
+def _bursts(rate: int = 16000) -> tuple[np.ndarray, list[int]]:
+    """2 s of a 5.5 kHz hum with four 5 ms noise bursts, and where the bursts start."""
+    rng = np.random.default_rng(0)
+    starts = [4000, 12000, 20000, 28000]
+    sound = (0.05 * np.sin(2 * np.pi * 5500 * np.arange(2 * rate) / rate)).astype(np.float32)
+    for start in starts:
+        sound[start:start + 80] += 0.5 * rng.standard_normal(80).astype(np.float32)
+    return sound, starts
+
+
+def test_a_lossy_round_trip_keeps_the_sound_in_place_and_drops_what_the_codec_drops():
+    sound, starts = _bursts()
+    for options in ("-c:a libmp3lame -b:a 24k", "-c:a aac -b:a 20k", "-ar 8000 -c:a libspeex"):
+        coded = lossy_round_trip(sound, options)
+        assert coded.shape == sound.shape and coded.dtype == np.float32
+        envelope = np.convolve(np.abs(coded), np.ones(80), "same")
+        found = [int(np.argmax(envelope[s - 800:s + 800])) + s - 800 - 40 for s in starts]
+        assert all(abs(f - s) <= 32 for f, s in zip(found, starts)), (options, found)  # within 2 ms: no codec delay
+    spectrum = np.abs(np.fft.rfft(lossy_round_trip(sound, "-ar 8000 -c:a libspeex")))
+    high = np.fft.rfftfreq(len(sound), 1 / 16000) > 4500
+    assert spectrum[high].sum() < 0.01 * np.abs(np.fft.rfft(sound))[high].sum()  # a telephone codec: nothing above 4 kHz
+    with pytest.raises(RtdiarError, match="nosuchcodec"):
+        lossy_round_trip(sound, "-c:a nosuchcodec")
+
+
+def test_coded_mels_line_up_with_the_prepared_mel_and_are_cached(short_clips, tmp_path):
+    config = load_config()
+    clips = find_clips([short_clips])
+    prepared = [PreparedClip.load(p) for p in prepare_clips(clips, tmp_path, config, workers=1)]
+    codecs = ["-c:a libmp3lame -b:a 24k", "-ar 8000 -c:a libspeex"]
+    paths = prepare_coded(clips, tmp_path, config, codecs, workers=1)
+    assert paths == [coded_cache_path(c, tmp_path, config, codecs) for c in clips]
+    for clip, path in zip(prepared, paths):
+        coded = np.load(path).astype(np.float32)
+        assert coded.shape == (2, *clip.mel.shape)
+        # the same sound below 2 kHz (the lower 40 mel bands, which every codec here keeps): closest to the
+        # clean mel at no lag, and not identical to it
+        voiced = slice(10, clip.mel.shape[1] - 10)
+        for mel in coded:
+            lags = [np.corrcoef(clip.mel[:40, voiced].ravel(), np.roll(mel, lag, axis=1)[:40, voiced].ravel())[0, 1]
+                    for lag in (-2, -1, 0, 1, 2)]
+            assert int(np.argmax(lags)) == 2 and 0.5 < lags[2] < 0.999
+    before = [p.stat().st_mtime_ns for p in paths]
+    assert prepare_coded(clips, tmp_path, config, codecs, workers=1) == paths
+    assert [p.stat().st_mtime_ns for p in paths] == before  # made once
+    assert coded_cache_path(clips[0], tmp_path, config, codecs[:1]) != paths[0]  # other codecs, other copies

@@ -41,6 +41,28 @@ def test_a_batch_pairs_each_video_window_with_its_own_audio_position():
         assert batch["mels"][match[0], 0, 0] == clips[0].mel_index(k)  # and it starts at the window's time
 
 
+
+def test_coded_sound_replaces_the_chosen_share_of_clips_and_is_otherwise_free():
+    """Coded copy v of a clip's mel is its mel + 1000 (v + 1), so every batch shows which sound each clip got."""
+    recipe = load_train_config()
+    clips = [_synthetic_clip(f"c{i}", 30, i) for i in range(8)]
+    coded = [np.stack([c.mel + 1000.0 * (v + 1) for v in range(2)]).astype(np.float16) for c in clips]
+    plain = ClipBank(clips, np.ones(8), recipe.batch).sample(np.random.default_rng(0))
+    never = ClipBank(clips, np.ones(8), recipe.batch, coded=None, coded_share=1.0).sample(np.random.default_rng(0))
+    assert all(np.array_equal(plain[k], never[k]) for k in plain)  # no coded mels: the same batch, no draws
+    always = ClipBank(clips, np.ones(8), recipe.batch, coded=coded, coded_share=1.0)
+    seen = set()
+    for seed in range(5):
+        batch = always.sample(np.random.default_rng(seed))
+        for slot in np.unique(batch["audio_key"][:, 0]):
+            level = batch["mels"][batch["audio_key"][:, 0] == slot, 0, 0] // 1000
+            assert len(set(level)) == 1 and level[0] in (1, 2)  # one codec for all of a clip's windows
+            seen.add(int(level[0]))
+    assert seen == {1, 2}
+    half = ClipBank(clips, np.ones(8), recipe.batch, coded=coded, coded_share=0.5)
+    levels = [int(half.sample(np.random.default_rng(seed))["mels"][0, 0, 0] // 1000) for seed in range(200)]
+    assert 0.35 < np.mean(np.array(levels) > 0) < 0.65
+
 class _StampScorer:
     """A first model right by construction: a face window is embedded at the time stamped on its first
     crop plus the lag stamped beside it, an audio window at its own time, on a circle (cosine = closeness)."""
@@ -215,6 +237,21 @@ def test_a_run_with_a_weight_average_ships_the_average_and_resumes_it(tiny_recip
         train_model(tiny_recipe, load_config(), out=tmp_path / "bad.safetensors")
     assert not (tmp_path / "bad").exists()  # refused before the run
 
+
+
+def test_a_run_on_coded_sound_codes_each_training_clip_once(tiny_recipe, tmp_path):
+    tiny_recipe.augment.codec, tiny_recipe.augment.codecs = 0.5, ["-ar 8000 -c:a libspeex"]
+    train_model(tiny_recipe, load_config(), out=tmp_path / "w.safetensors")
+    coded = sorted((tmp_path / "cache").rglob("*.npy"))
+    assert [p.stem for p in coded] == ["c0", "c1"]  # the training clips, not the validation clip
+    assert all(np.load(p).shape[:2] == (1, 80) for p in coded)
+
+    tiny_recipe.augment.codecs = []
+    with pytest.raises(RtdiarError, match="augment.codecs"):
+        train_model(tiny_recipe, load_config(), out=tmp_path / "x.safetensors", resume=True)
+    tiny_recipe.augment.codec, tiny_recipe.augment.codecs = 1.5, ["-c:a aac"]
+    with pytest.raises(RtdiarError, match="augment.codec must be in"):
+        train_model(tiny_recipe, load_config(), out=tmp_path / "x.safetensors", resume=True)
 
 def test_learning_rate_warms_up_then_follows_the_schedule():
     from rtdiar.training import learning_rate
