@@ -97,9 +97,9 @@ class AugmentRecipe:
     jpeg: float
     jpeg_quality: list
     gain_db: list
+    noise_floor: list
     codec: float
     codecs: list
-    noise_floor: list
 
 
 @dataclass
@@ -395,6 +395,7 @@ def load_clips(entries: list[str], recipe: TrainConfig, config: Config,
 
 
 def recipe_cache(recipe: TrainConfig) -> Path:
+    """Where the recipe's prepared clips (and their coded mels) are cached."""
     return recipe.path(recipe.cache_dir) if recipe.cache_dir else DEFAULT_CACHE
 
 
