@@ -388,10 +388,10 @@ def load_clips(entries: list[str], recipe: TrainConfig, config: Config,
     if not clips:
         raise RtdiarError(f"no video files in {', '.join(entries)}" + (" outside data.validation" if leave_out else ""))
     cache = recipe_cache(recipe)
-    prepared = set(prepare_clips(clips, cache, config, recipe.prepare_workers))
-    with_face = [clip for clip in clips if cache_path(clip, cache, config) in prepared]
-    return [PreparedClip.load(cache_path(clip, cache, config))
-            for clip in tqdm(with_face, desc="loading clips", unit="clip")], with_face
+    prepare_clips(clips, cache, config, recipe.prepare_workers)
+    found = [(clip, path) for clip in clips if (path := cache_path(clip, cache, config)).exists()]  # with a face
+    loaded = [PreparedClip.load(path) for _, path in tqdm(found, desc="loading clips", unit="clip")]
+    return loaded, [clip for clip, _ in found]
 
 
 def recipe_cache(recipe: TrainConfig) -> Path:
