@@ -296,6 +296,9 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--held-out", metavar="RECIPE", type=Path,
                         help="measure a training recipe's held-out clips (its data.validation, e.g. a k-fold fold in "
                              "configs/kfold/) instead of dev/wild, with the weights it wrote (its out) unless --weights")
+    parser.add_argument("--scale", metavar="F", type=float, default=1.0,
+                        help="shrink every frame to F (0 < F <= 1) before detection: the same people further from "
+                             "the camera, to measure small faces (single-face figures only; cached apart)")
     return parser
 
 
@@ -326,7 +329,8 @@ def evaluate(args: argparse.Namespace) -> int:
         clips = recipe_clips(recipe.data.validation, recipe)
         args.weights = args.weights or str(recipe.path(recipe.out))
     config = config_from_args(args)
-    figures = evaluate_model(config, load_scorer(config.model), data_dir=args.data, cache_dir=args.cache, clips=clips)
+    figures = evaluate_model(config, load_scorer(config.model), data_dir=args.data, cache_dir=args.cache, clips=clips,
+                             scale=args.scale)
     print(format_report(figures))
     if out is not None:
         out.write_text(json.dumps(figures, indent=2) + "\n")

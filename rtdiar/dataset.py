@@ -22,6 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -33,7 +34,7 @@ from rtdiar.tracking import FaceDetector, IoUTracker, ShotCuts, crop_mouth_regio
 from rtdiar.windows import MEL_FPS, mel_start_index, nearest_frames
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rtdiar" / "prepared"
-PREP_VERSION = 1  # bump when the preprocessing code changes what it writes
+PREP_VERSION = 2  # bump when the preprocessing code changes what it writes (2: face_px)
 CODED_BATCH = 40  # clips whose sound goes through a codec in one ffmpeg round trip
 CODED_GAP_S = 0.5  # silence between them, so a codec's frames never straddle two clips
 VIDEO_SUFFIXES = (".mp4", ".mpg", ".avi", ".mov", ".mkv", ".webm")
@@ -53,6 +54,8 @@ class PreparedClip:
     first_frame: int
     mel: np.ndarray  # (80, M) float32, Wav2Lip's normalised log-mel
     fps: float = 25.0
+    face_px: float = float("nan")  # median height of the tracked face box in the frames the detector saw
+                                   # (NaN: not cut from a video)
 
     def window_starts(self, frames: int = 5, mel_frames: int = 16, max_shift: int = 0) -> np.ndarray:
         """Grid indices k where crops[k:k+frames] are all valid and audio shifted by up to
@@ -88,18 +91,25 @@ class PreparedClip:
         start = self.mel_index(k + shift)
         return self.mel[:, start:start + mel_frames]
 
+    def tracked_share(self) -> float:
+        """The share of the clip's 25 fps frames (its audio spans the whole clip) that have a real
+        crop in this track: how much of the clip the detector and tracker kept the face for."""
+        frames = round(self.mel.shape[1] / MEL_FPS * self.fps)
+        return min(1.0, float(self.valid.sum()) / max(frames, 1))
+
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(tmp, crops=self.crops, valid=self.valid, first_frame=self.first_frame, mel=self.mel,
-                 fps=self.fps, name=self.name)
+                 fps=self.fps, name=self.name, face_px=self.face_px)
         os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> PreparedClip:
         with np.load(path) as data:
             return cls(name=str(data["name"]), crops=data["crops"], valid=data["valid"],
-                       first_frame=int(data["first_frame"]), mel=data["mel"], fps=float(data["fps"]))
+                       first_frame=int(data["first_frame"]), mel=data["mel"], fps=float(data["fps"]),
+                       face_px=float(data["face_px"]))
 
 
 def find_clips(entries: Sequence[str | Path]) -> list[Path]:
@@ -110,33 +120,39 @@ def find_clips(entries: Sequence[str | Path]) -> list[Path]:
     return sorted(p for p in found if p.suffix.lower() in VIDEO_SUFFIXES)
 
 
-def prep_digest(config: Config) -> str:
-    """A short hash of every setting that shapes a prepared clip."""
+def prep_digest(config: Config, scale: float = 1.0) -> str:
+    """A short hash of every setting that shapes a prepared clip (`scale`: see `track_clip`)."""
     shaping = {"version": PREP_VERSION, "detector": dataclasses.asdict(config.detector),
                "tracker": dataclasses.asdict(config.tracker), "window": dataclasses.asdict(config.window),
-               "sample_rate": config.audio.sample_rate}
+               "sample_rate": config.audio.sample_rate, "frame_scale": scale}
     return hashlib.sha1(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def cache_path(clip: Path, cache_dir: Path, config: Config) -> Path:
+def cache_path(clip: Path, cache_dir: Path, config: Config, scale: float = 1.0) -> Path:
     """Where a clip's prepared track lives: named by its folder and stem, under the settings hash."""
-    return cache_dir / prep_digest(config) / clip.parent.name / f"{clip.stem}.npz"
+    return cache_dir / prep_digest(config, scale) / clip.parent.name / f"{clip.stem}.npz"
 
 
-def track_clip(clip: Path, config: Config, detector: FaceDetector) -> PreparedClip | None:
-    """The clip's longest face track on the 25 fps grid, or None when no face was tracked."""
+def track_clip(clip: Path, config: Config, detector: FaceDetector, scale: float = 1.0) -> PreparedClip | None:
+    """The clip's longest face track on the 25 fps grid, or None when no face was tracked.
+
+    `scale` < 1 shrinks every frame first (INTER_AREA, as a lower-resolution camera would see it):
+    how the same people would look further from the camera, for measuring small faces.
+    """
     source = FileSource(clip, None, "fast", config.video, config.audio)
     tracker = IoUTracker(config.tracker)
     cuts = ShotCuts(config.tracker.cut_threshold)
-    tracks: dict[int, list[tuple[float, np.ndarray]]] = defaultdict(list)
+    tracks: dict[int, list[tuple[float, np.ndarray, float]]] = defaultdict(list)
     for frame in source.read_frames(threading.Event()):
-        for track in tracker.update(*detector.detect(frame.image), cuts.is_cut(frame.image)):
-            crop = crop_mouth_region(frame.image, track.box, config.tracker, config.window.crop_px)
-            tracks[track.id].append((frame.t, crop))
+        image = frame.image if scale == 1.0 else cv2.resize(frame.image, None, fx=scale, fy=scale,
+                                                             interpolation=cv2.INTER_AREA)
+        for track in tracker.update(*detector.detect(image), cuts.is_cut(image)):
+            crop = crop_mouth_region(image, track.box, config.tracker, config.window.crop_px)
+            tracks[track.id].append((frame.t, crop, float(track.box[3] - track.box[1])))
     if not tracks:
         return None
     items = max(tracks.values(), key=len)
-    times = np.array([t for t, _ in items])
+    times = np.array([t for t, _, _ in items])
     fps = config.window.fps
     grid = np.arange(int(np.ceil(times[0] * fps - 1e-6)), int(np.floor(times[-1] * fps + 1e-6)) + 1)
     if len(grid) == 0:
@@ -145,12 +161,13 @@ def track_clip(clip: Path, config: Config, detector: FaceDetector) -> PreparedCl
     blank = np.zeros_like(items[0][1])
     crops = np.stack([items[i][1] if i >= 0 else blank for i in nearest])
     mel = wav2lip_melspectrogram(source.aligned_audio(), config.audio.sample_rate)
+    face_px = float(np.median([height for _, _, height in items]))
     return PreparedClip(name=f"{clip.parent.name}/{clip.stem}", crops=crops, valid=nearest >= 0,
-                        first_frame=int(grid[0]), mel=mel, fps=fps)
+                        first_frame=int(grid[0]), mel=mel, fps=fps, face_px=face_px)
 
 
-def _prepare_one(clip: Path, out: Path, config: Config, detector: FaceDetector) -> None:
-    prepared = track_clip(clip, config, detector)
+def _prepare_one(clip: Path, out: Path, config: Config, detector: FaceDetector, scale: float) -> None:
+    prepared = track_clip(clip, config, detector, scale)
     if prepared is None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".noface").touch()  # remembered, so the clip is not tried again
@@ -158,19 +175,21 @@ def _prepare_one(clip: Path, out: Path, config: Config, detector: FaceDetector) 
         prepared.save(out)
 
 
-def _prepare_batch(jobs: list[tuple[Path, Path]], config: Config) -> int:
+def _prepare_batch(jobs: list[tuple[Path, Path]], config: Config, scale: float) -> int:
     """Prepare clips with one detector (a worker process's whole share, or everything in-process)."""
     with FaceDetector(config.detector) as detector:
         for clip, out in jobs:
-            _prepare_one(clip, out, config, detector)
+            _prepare_one(clip, out, config, detector, scale)
     return len(jobs)
 
 
-def prepare_clips(clips: Sequence[Path], cache_dir: Path, config: Config, workers: int = 2) -> list[Path]:
+def prepare_clips(clips: Sequence[Path], cache_dir: Path, config: Config, workers: int = 2,
+                  scale: float = 1.0) -> list[Path]:
     """Prepare the clips not cached yet (in `workers` processes); the cached paths of those with a face."""
-    targets = [(clip, cache_path(clip, cache_dir, config)) for clip in clips]
+    targets = [(clip, cache_path(clip, cache_dir, config, scale)) for clip in clips]
     todo = [(clip, out) for clip, out in targets if not out.exists() and not out.with_suffix(".noface").exists()]
-    _in_workers(_prepare_batch, [todo[i:i + 8] for i in range(0, len(todo), 8)], workers, "preparing clips", config)
+    _in_workers(_prepare_batch, [todo[i:i + 8] for i in range(0, len(todo), 8)], workers, "preparing clips",
+                config, scale)
     return [out for _, out in targets if out.exists()]
 
 

@@ -12,6 +12,10 @@
 Figures 1 to 3 use the prepared clips (the engine's own tracker crops and mel, cached); every face
 window and every audio window is embedded once, and a pairing is a dot product. Everything is
 deterministic: same clips, same windows, same order.
+
+With a frame scale below 1, figures 1 to 3 are measured on the same clips with every frame shrunk
+first: the same people further from the camera, so face size is the only thing that changes.
+Figure 4 needs the engine on the file as recorded and is left out then.
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ class ClipEmbeddings:
     audio: dict[int, np.ndarray]  # applied shift -> (n_rows, D) unit vectors
     voiced: np.ndarray  # (n,) bool: the window's own audio is speech (Silero VAD)
     inside: np.ndarray  # (n, len(OFF_SYNC_SHIFTS)) bool: the off-sync audio lies within the clip
+    face_px: float  # median height of the tracked face box, in the frames the detector saw
+    tracked: float  # share of the clip's frames with a tracked face
 
     def similarities(self, applied_shift: int = 0) -> np.ndarray:
         """(n, 2 * OFFSET_SEARCH + 1): window i with the audio s = column - OFFSET_SEARCH frames later."""
@@ -135,7 +141,8 @@ def embed_clip(clip: PreparedClip, wave: np.ndarray, scorer: SyncScorer, config:
     audio = {shift: scorer.audio_embeddings(clip.mel_windows(grid, mel_frames, shift_mel(clip.mel, shift, clip.fps)))
              for shift in APPLIED_SHIFTS}
     inside = clip.audio_inside(starts[:, None] + np.array(OFF_SYNC_SHIFTS), mel_frames)
-    return ClipEmbeddings(clip.name, starts, faces, audio, speech_windows(clip, starts, wave, config), inside)
+    return ClipEmbeddings(clip.name, starts, faces, audio, speech_windows(clip, starts, wave, config), inside,
+                          clip.face_px, clip.tracked_share())
 
 
 def window_auc_figure(clips: list[ClipEmbeddings]) -> dict:
@@ -280,13 +287,13 @@ def crowd_figure(results: list[FrameResult]) -> dict:
             "speech_heard": sum(r.speech for r in results) / frames if frames else None}
 
 
-def load_dev_clips(clip_paths: list[Path], cache_dir: Path, config: Config,
-                   scorer: SyncScorer) -> tuple[list[ClipEmbeddings], list[str]]:
+def load_dev_clips(clip_paths: list[Path], cache_dir: Path, config: Config, scorer: SyncScorer,
+                   scale: float = 1.0) -> tuple[list[ClipEmbeddings], list[str]]:
     """The clips prepared (cached) and embedded; the names of those with no usable face track."""
-    dataset.prepare_clips(clip_paths, cache_dir, config)
+    dataset.prepare_clips(clip_paths, cache_dir, config, scale=scale)
     embedded, skipped = [], []
     for path in tqdm(clip_paths, desc="embedding dev clips", unit="clip"):
-        npz = dataset.cache_path(path, cache_dir, config)
+        npz = dataset.cache_path(path, cache_dir, config, scale)
         clip = PreparedClip.load(npz) if npz.exists() else None
         wave = FileSource(path, None, "fast", config.video, config.audio).aligned_audio() if clip else None
         result = embed_clip(clip, wave, scorer, config) if clip else None
@@ -298,9 +305,12 @@ def load_dev_clips(clip_paths: list[Path], cache_dir: Path, config: Config,
 
 
 def evaluate_model(config: Config, scorer: SyncScorer, data_dir: Path | None = None,
-                   cache_dir: Path | None = None, clips: list[Path] | None = None) -> dict:
+                   cache_dir: Path | None = None, clips: list[Path] | None = None, scale: float = 1.0) -> dict:
     """Every figure of the model on the dev set, as a JSON-ready dict (see `format_report`); the
-    single-face figures on `clips` instead of dev/wild when given (a k-fold fold's held-out clips)."""
+    single-face figures on `clips` instead of dev/wild when given (a k-fold fold's held-out clips),
+    and on frames shrunk by `scale` when it is below 1 (small faces; no engine figures then)."""
+    if not 0.0 < scale <= 1.0:
+        raise RtdiarError(f"frame scale must be in (0, 1], got {scale:g}")
     data_dir = Path(data_dir) if data_dir is not None else DEFAULT_DATA
     cache_dir = Path(cache_dir) if cache_dir is not None else dataset.DEFAULT_CACHE
     wild = data_dir / "wild"
@@ -309,17 +319,20 @@ def evaluate_model(config: Config, scorer: SyncScorer, data_dir: Path | None = N
     clip_paths = dataset.find_clips([wild]) if clips is None else clips
     if not clip_paths:
         raise RtdiarError(f"no video files in {wild if clips is None else 'the held-out clips'}")
-    embedded, skipped = load_dev_clips(clip_paths, cache_dir, config, scorer)
+    embedded, skipped = load_dev_clips(clip_paths, cache_dir, config, scorer, scale)
     if not embedded:
         raise RtdiarError(f"no face tracked in any of the {len(clip_paths)} clips")
     source = str(data_dir) if clips is None else os.path.commonpath([path.parent for path in clip_paths])
     figures = {"arch": getattr(scorer.model, "arch", type(scorer.model).__name__), "data": source,
-               "clips": len(embedded), "clips_without_face": skipped,
+               "clips": len(embedded), "clips_without_face": skipped, "frame_scale": scale,
+               "face": {"median_px": float(np.median([clip.face_px for clip in embedded])),
+                        "tracked": float(np.mean([clip.tracked for clip in embedded])),
+                        "per_clip": {clip.name: {"px": clip.face_px, "tracked": clip.tracked} for clip in embedded}},
                "window_auc": window_auc_figure(embedded), "offset": offset_figure(embedded),
                "two_faces": two_faces_figure(embedded, int(round(SMOOTH_S * config.window.fps)))}
     for key, name, figure in (("hamilton", HAMILTON, hamilton_figure), ("crowd", CROWD, crowd_figure)):
         path = data_dir / "multi" / name
-        figures[key] = figure(run_engine(path, config, scorer)) if path.exists() else None
+        figures[key] = figure(run_engine(path, config, scorer)) if path.exists() and scale == 1.0 else None
     return figures
 
 
@@ -354,8 +367,12 @@ def _offset_misses(offset: dict) -> str:
 def format_report(figures: dict) -> str:
     """A compact table: each figure, its target from the issue, and the clips where it fails."""
     auc, offset, two = figures["window_auc"], figures["offset"], figures["two_faces"]
-    lines = [f"rtdiar evaluate: model {figures['arch']}, {figures['clips']} dev clips from {figures['data']}",
+    shrunk = (f", every frame shrunk to {figures['frame_scale']:g}x (no engine figures: they need the file as "
+              "recorded)") if figures["frame_scale"] != 1.0 else ""
+    lines = [f"rtdiar evaluate: model {figures['arch']}, {figures['clips']} dev clips from {figures['data']}{shrunk}",
              f"  {'figure':<50} {'value':>9}  {'target':>9}",
+             f"  {'tracked face height, median of the clips (px)':<50} {figures['face']['median_px']:>9.0f}",
+             _row("frames with a tracked face, mean of the clips", figures["face"]["tracked"], True),
              _row("window AUC, in sync vs |shift| 5-15 frames", auc["all"], False, TARGETS["window_auc"]),
              _row(f"  voiced windows only ({auc['voiced_positives']} of {auc['positives']})", auc["voiced"], False),
              _row(f"clip offset within ±{offset['tolerance']} ({offset['cases']} clip x shift)",

@@ -39,6 +39,7 @@ def test_a_clip_becomes_crops_on_the_25_fps_grid_with_its_mel(prepared):
     assert clip.crops.shape[1:] == (48, 96, 3) and clip.crops.dtype == np.uint8
     # 2 s at 25 fps, less the frames the tracker needs to confirm a face
     assert 45 <= len(clip.crops) <= 50 and clip.valid.all()
+    assert 0.9 <= clip.tracked_share() <= 1.0  # all but the frames before the track was confirmed
     assert clip.mel.shape[0] == 80 and abs(clip.mel.shape[1] - 2 * 80) <= 6  # AAC ends on whole 1024-sample frames
     assert clip.mel_window(clip.window_starts()[0]).shape == (80, 16)
 
@@ -49,6 +50,18 @@ def test_another_frame_rate_lands_on_the_same_grid(prepared):
     overlap = range(max(a.first_frame, b.first_frame), min(a.first_frame + len(a.crops), b.first_frame + len(b.crops)))
     mean_abs = [np.abs(a.crops[g - a.first_frame].astype(int) - b.crops[g - b.first_frame]).mean() for g in overlap]
     assert np.median(mean_abs) < 12  # the same moments of the same face (resampling blurs a little)
+
+
+def test_shrunk_frames_give_a_smaller_face_on_the_same_grid(prepared, short_clips):
+    """`scale` stands the same person further from the camera: half the face, same crops and times."""
+    config = load_config()
+    with FaceDetector(config.detector) as detector:
+        half = track_clip(short_clips / "a25.mp4", config, detector, scale=0.5)
+    full = prepared["a25"]
+    assert 100 < full.face_px < 400 and abs(half.face_px / full.face_px - 0.5) < 0.05
+    assert half.crops.shape == full.crops.shape and half.first_frame == full.first_frame and half.valid.all()
+    np.testing.assert_array_equal(half.mel, full.mel)
+    assert prep_digest(config, 0.5) != prep_digest(config)  # cached apart
 
 
 def test_shifted_audio_windows_are_the_later_mel(prepared):
@@ -66,7 +79,7 @@ def test_cache_is_reused_and_keyed_by_the_settings(short_clips, tmp_path):
     assert prepare_clips(clips, tmp_path, config, workers=1) == paths
     assert [p.stat().st_mtime_ns for p in paths] == stamps  # not prepared again
     loaded = PreparedClip.load(paths[0])
-    assert loaded.name == "wild/a25" and loaded.crops.shape[1:] == (48, 96, 3)
+    assert loaded.name == "wild/a25" and loaded.crops.shape[1:] == (48, 96, 3) and loaded.face_px > 100
     other = load_config(overrides={"tracker.pad_bottom": 0.2})
     assert prep_digest(other) != prep_digest(config)
     assert cache_path(clips[0], tmp_path, other) != paths[0]

@@ -82,7 +82,7 @@ def fake_clip(name: str, face: np.ndarray, voice: np.ndarray, windows: int = 40)
     rows = windows + 2 * OFFSET_SEARCH
     return ClipEmbeddings(name, np.arange(windows), np.tile(face, (windows, 1)),
                           {shift: np.tile(voice, (rows, 1)) for shift in APPLIED_SHIFTS},
-                          np.ones(windows, bool), np.ones((windows, 6), bool))
+                          np.ones(windows, bool), np.ones((windows, 6), bool), 100.0, 1.0)
 
 
 def test_two_faces_counts_the_voice_owner_first_or_not():
@@ -151,6 +151,7 @@ def test_small_run_gives_every_figure(small_run):
     assert hamilton["voiced_frames_performer_shown"] > 0
     assert 0.0 <= hamilton["performer_chosen"] <= 1.0 and 0.0 <= hamilton["performer_top_score"] <= 1.0
     assert figures["crowd"] is None  # not in this data folder
+    assert 100 < figures["face"]["median_px"] < 400 and figures["face"]["tracked"] > 0.9  # talking heads, face throughout
 
 
 def test_report_shows_each_figure_with_its_target(small_run):
@@ -160,6 +161,24 @@ def test_report_shows_each_figure_with_its_target(small_run):
         line = next(line for line in report.splitlines() if line.strip().startswith(line_start))
         assert target in line
     assert "crowd" not in report
+
+
+def test_a_frame_scale_measures_the_same_clips_with_smaller_faces(small_run, config):
+    """`rtdiar evaluate --scale 0.5`: the single-face figures on faces half as tall, cached apart."""
+    from rtdiar.dataset import cache_path, find_clips
+
+    figures, root = small_run
+    scorer = SyncScorer(EnergyBaseline(), torch.device("cpu"))
+    half = evaluate_model(config, scorer, data_dir=root, cache_dir=root / "cache", scale=0.5)
+    assert half["clips"] == 2 and half["frame_scale"] == 0.5
+    for name, full in figures["face"]["per_clip"].items():
+        assert abs(half["face"]["per_clip"][name]["px"] / full["px"] - 0.5) < 0.05
+    for clip in find_clips([root / "wild"]):
+        assert cache_path(clip, root / "cache", config, 0.5).exists() and cache_path(clip, root / "cache", config).exists()
+    assert half["hamilton"] is None and half["window_auc"]["positives"] > 0
+    assert "shrunk to 0.5x" in format_report(half).splitlines()[0]
+    with pytest.raises(RtdiarError, match="frame scale"):
+        evaluate_model(config, scorer, data_dir=root, scale=1.5)
 
 
 def test_missing_data_folder_is_a_one_line_error(config, tmp_path):
