@@ -71,10 +71,23 @@ def test_offset_and_window_auc_of_a_perfect_scorer(config):
 
     offsets = offset_figure([embedded])
     assert offsets["per_clip"]["wild/timecode"] == list(APPLIED_SHIFTS)  # audio delayed by d is found at +d
-    assert offsets["accuracy"] == 1.0
+    assert offsets["accuracy"] == 1.0 and offsets["relative_accuracy"] == 1.0
     auc = window_auc_figure([embedded])
     assert auc["all"] == 1.0
     assert auc["voiced"] is None  # no speech in silence: nothing to measure
+
+
+def test_a_clip_recorded_out_of_sync_misses_every_offset_but_follows_every_shift(config):
+    """Its sound is 3 frames late as recorded: each estimate reads 3 more than the shift applied."""
+    frames = 60
+    crops = np.repeat(np.arange(3, frames + 3, dtype=np.uint8), 48 * 96 * 3).reshape(frames, 48, 96, 3)
+    mel = np.tile(np.arange(frames * 3.2 + 20, dtype=np.float32), (80, 1))
+    late = embed_clip(PreparedClip("wild/late", crops, np.ones(frames, bool), 0, mel),
+                      np.zeros(int(frames / 25 * 16000), np.float32), TimeCodeScorer(frames), config)
+    offsets = offset_figure([late])
+    assert offsets["per_clip"]["wild/late"] == [shift + 3 for shift in APPLIED_SHIFTS]
+    assert offsets["accuracy"] == 0.0
+    assert offsets["relative_accuracy"] == 1.0 and offsets["relative_cases"] == len(APPLIED_SHIFTS) - 1
 
 
 def fake_clip(name: str, face: np.ndarray, voice: np.ndarray, windows: int = 40) -> ClipEmbeddings:
