@@ -83,6 +83,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "model.stride_frames": getattr(args, "stride", None),
         "decision.smooth_windows": getattr(args, "smooth", None),
         "decision.threshold": getattr(args, "threshold", None),
+        "offset.max_shift": getattr(args, "max_shift", None),
     })
 
 
@@ -239,10 +240,12 @@ def build_offset_parser() -> argparse.ArgumentParser:
         "offset", "The audio-video offset of a clip and its confidence (SyncNet's use of the model). "
                     "A positive offset means the sound comes later than the lips.")
     parser.add_argument("file", type=Path, metavar="FILE", help="video file with its sound")
-    parser.add_argument("--max-shift", metavar="FRAMES", type=int, default=15,
-                        help="search audio shifts of up to this many 25 fps frames either way (default 15)")
+    parser.add_argument("--max-shift", metavar="FRAMES", type=int,
+                        help="search audio shifts of up to this many 25 fps frames either way (default: offset.max_shift)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
     parser.add_argument("--fix", metavar="OUT", type=Path, help="write a copy of FILE with the audio moved into sync")
+    parser.add_argument("--force", action="store_true",
+                        help="--fix even when the reading is unreliable (confidence below offset.min_confidence)")
     parser.add_argument("--overwrite", action="store_true", help="replace --fix OUT if it exists")
     add_model_arguments(parser)
     return parser
@@ -256,12 +259,15 @@ def offset(args: argparse.Namespace) -> int:
     from rtdiar.offset import analyse_clip, write_fixed
     from rtdiar.outputs import check_output_path
 
-    if args.max_shift < 1:
+    if args.max_shift is not None and args.max_shift < 1:
         raise RtdiarError("--max-shift must be at least 1")
     out = check_output_path(args.fix, args.overwrite, [args.file]) if args.fix is not None else None
     config = config_from_args(args)
-    result = analyse_clip(args.file, config, load_scorer(config.model), args.max_shift)
+    result = analyse_clip(args.file, config, load_scorer(config.model), config.offset.max_shift)
     print(json.dumps(result.to_json()) if args.json else result.describe())
+    if out is not None and not result.reliable and not args.force:
+        raise RtdiarError(f"{args.file.name}: not fixed, the reading is unreliable: {result.doubt} "
+                          "(--force writes the copy anyway)")
     if out is not None:
         write_fixed(args.file, result.offset_ms / 1000.0, out)
     return 0

@@ -86,6 +86,12 @@ class DecisionConfig:
 
 
 @dataclass
+class OffsetConfig:
+    max_shift: int
+    min_confidence: float
+
+
+@dataclass
 class UIConfig:
     plot_history_s: float
     refresh_ms: int
@@ -100,6 +106,7 @@ class Config:
     window: WindowConfig
     model: ModelConfig
     decision: DecisionConfig
+    offset: OffsetConfig
     ui: UIConfig
 
 
@@ -158,6 +165,7 @@ _SECTIONS = {
     "window": WindowConfig,
     "model": ModelConfig,
     "decision": DecisionConfig,
+    "offset": OffsetConfig,
     "ui": UIConfig,
 }
 

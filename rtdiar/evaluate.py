@@ -42,7 +42,7 @@ from rtdiar.windows import MEL_FPS
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "dev"
 OFF_SYNC_SHIFTS = (-15, -10, -5, 5, 10, 15)  # frames; what counts as off sync for the window AUC
 APPLIED_SHIFTS = (-10, -5, 0, 5, 10)  # frames the audio is moved by for the offset figure (multiples of 5)
-OFFSET_SEARCH = 15  # the offset tool's default ±search
+OFFSET_SEARCH = 15  # the offset tool's default ±search (offset.max_shift), fixed here so the figure is too
 OFFSET_TOLERANCE = 1  # frames: an estimate this close to the applied shift is right
 WINDOWS_PER_CLIP = 60  # the window AUC takes at most this many windows per clip, evenly spaced
 SMOOTH_S = 1.0  # the two-faces figure's causal average, as the engine's default smoothing

@@ -9,6 +9,11 @@ silent windows outvote the few that carry speech.
 
 Sign: a positive offset means the audio LAGS the video (the sound of a lip movement comes that many
 frames later); the fix moves the audio content earlier by that much.
+
+A clip without speech, or with lips the model cannot read, still has a highest point on its curve,
+and moving its sound by it would do harm. So a reading is called unreliable when its confidence is
+below `offset.min_confidence`, or when it lies on the edge of the search: there the curve may still
+be rising, and in a short clip the silence padded beyond it can make the edge look best.
 """
 
 from __future__ import annotations
@@ -43,10 +48,26 @@ class OffsetResult:
     max_shift: int
     windows: int  # face windows that voted
     curve: list[float]  # the clip's similarity per shift, -max_shift .. +max_shift
+    min_confidence: float  # below it the reading is not to be trusted
+
+    @property
+    def doubt(self) -> str | None:
+        """Why the reading is not to be trusted, or None when it is."""
+        if abs(self.offset_frames) >= self.max_shift:
+            return f"on the edge of the ±{self.max_shift} search, the peak may lie beyond it"
+        if self.confidence < self.min_confidence:
+            return (f"confidence below {self.min_confidence:g}, no clear lip-sync peak (little speech, or lips the "
+                    "model cannot read)")
+        return None
+
+    @property
+    def reliable(self) -> bool:
+        return self.doubt is None
 
     def to_json(self) -> dict:
         return {"file": self.file, "offset_frames": self.offset_frames, "offset_ms": self.offset_ms,
-                "confidence": round(self.confidence, 4), "sign": SIGN_CONVENTION, "max_shift": self.max_shift,
+                "confidence": round(self.confidence, 4), "reliable": self.reliable, "doubt": self.doubt,
+                "min_confidence": self.min_confidence, "sign": SIGN_CONVENTION, "max_shift": self.max_shift,
                 "windows": self.windows, "curve": [round(value, 4) for value in self.curve]}
 
     def describe(self) -> str:
@@ -56,7 +77,8 @@ class OffsetResult:
         else:
             way = "lags" if self.offset_frames > 0 else "leads"
             verdict = f"audio {way} video by {frames} frame{'s' * (frames != 1)} ({abs(self.offset_ms):.0f} ms)"
-        return f"{self.file}: {verdict}, confidence {self.confidence:.2f} ({self.windows} windows)"
+        line = f"{self.file}: {verdict}, confidence {self.confidence:.2f} ({self.windows} windows)"
+        return line if self.reliable else f"{line}; unreliable: {self.doubt}"
 
 
 def estimate_offset(sims: np.ndarray) -> tuple[int, float, np.ndarray]:
@@ -115,7 +137,8 @@ def analyse_clip(path: Path, config: Config, scorer: SyncScorer, max_shift: int)
     offset_frames, confidence, curve = estimate_offset(sims)
     return OffsetResult(file=Path(path).name, offset_frames=offset_frames,
                         offset_ms=offset_frames * 1000.0 / config.window.fps, confidence=confidence,
-                        max_shift=max_shift, windows=len(sims), curve=[float(v) for v in curve])
+                        max_shift=max_shift, windows=len(sims), curve=[float(v) for v in curve],
+                        min_confidence=config.offset.min_confidence)
 
 
 def shift_filter(offset_s: float, info: MediaInfo) -> str:

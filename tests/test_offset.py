@@ -24,7 +24,7 @@ from rtdiar.cli import main
 from rtdiar.config import Config, load_config
 from rtdiar.dataset import PreparedClip, track_clip
 from rtdiar.errors import RtdiarError
-from rtdiar.offset import analyse_clip, estimate_offset, write_fixed
+from rtdiar.offset import OffsetResult, analyse_clip, estimate_offset, write_fixed
 from rtdiar.sources import FileSource
 from rtdiar.tracking import FaceDetector
 
@@ -138,6 +138,18 @@ def test_sharp_peak_is_more_confident_than_a_flat_curve() -> None:
     assert sharp > 5 * flat
 
 
+def test_a_reading_needs_confidence_and_a_peak_inside_the_search() -> None:
+    def reading(offset_frames: int, confidence: float) -> OffsetResult:
+        return OffsetResult("clip.mp4", offset_frames, 40.0 * offset_frames, confidence, MAX_SHIFT, 50,
+                            [0.0] * (2 * MAX_SHIFT + 1), min_confidence=0.07)
+
+    assert reading(3, 0.2).reliable and "unreliable" not in reading(3, 0.2).describe()
+    assert not reading(3, 0.05).reliable and "confidence below 0.07" in reading(3, 0.05).describe()
+    for edge in (MAX_SHIFT, -MAX_SHIFT):
+        assert not reading(edge, 0.3).reliable and "edge" in reading(edge, 0.3).describe()
+    assert reading(MAX_SHIFT - 1, 0.3).to_json()["reliable"] is True
+
+
 def test_no_evidence_is_called_in_sync() -> None:
     offset, confidence, curve = estimate_offset(np.full((12, 2 * MAX_SHIFT + 1), 0.3))
     assert (offset, confidence) == (0, 0.0)
@@ -186,6 +198,29 @@ def test_cli_measures_and_fixes(clip_3s: Path, tmp_path: Path, config: Config, c
     assert analyse_clip(fixed, config, oracle, MAX_SHIFT).offset_frames == 0
 
 
+def test_an_unreliable_reading_is_said_and_not_fixed_unless_forced(clip_3s: Path, tmp_path: Path, config: Config,
+                                                                   capsys, monkeypatch) -> None:
+    """The clip's sound replaced by noise: the lips match nothing, so the curve has no clear peak. Its
+    highest point is still a number; the tool says it is unreliable and --fix will not move the sound
+    by it without --force."""
+    noisy = tmp_path / "noise.mp4"
+    _ffmpeg("-i", clip_3s, "-f", "lavfi", "-i", "anoisesrc=duration=3:seed=1", "-map", "0:v", "-map", "1:a",
+            "-c:v", "copy", "-c:a", "aac", "-shortest", noisy)
+    oracle = _oracle(clip_3s, config)
+    monkeypatch.setattr(inference, "load_scorer", lambda cfg: oracle)
+    fixed = tmp_path / "fixed.mp4"
+    assert main(["offset", str(noisy), "--fix", str(fixed)]) == 2
+    captured = capsys.readouterr()
+    assert "unreliable" in captured.out and "--force" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert not fixed.exists()
+    assert main(["offset", str(noisy), "--json", "--fix", str(fixed), "--force"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["reliable"] is False
+    assert fixed.exists()
+    in_sync = analyse_clip(clip_3s, config, oracle, MAX_SHIFT)
+    assert in_sync.reliable and "unreliable" not in in_sync.describe()
+
+
 def test_cli_runs_the_model(clip_3s: Path, random_weights: Path, capsys) -> None:
     """The real network through the same path (random weights: the figures mean nothing, the shape does)."""
     assert main(["offset", str(clip_3s), "--json", "--max-shift", "6", "--weights", str(random_weights)]) == 0
@@ -196,6 +231,7 @@ def test_cli_runs_the_model(clip_3s: Path, random_weights: Path, capsys) -> None
     assert abs(report["offset_frames"]) <= 6 and report["max_shift"] == 6
     assert report["confidence"] >= 0.0 and len(report["curve"]) == 13
     assert report["file"] == clip_3s.name and "lags" in report["sign"]
+    assert report["reliable"] == (report["confidence"] >= report["min_confidence"])
 
 
 # --- the fixed copy ---------------------------------------------------------------------------

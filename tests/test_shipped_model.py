@@ -31,3 +31,14 @@ def test_the_shipped_model_measures_a_known_audio_delay(studio_clip, tmp_path, c
     assert main(["offset", str(clip), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert abs(result["offset_ms"] - delay_ms) <= 40  # within one 25 fps frame
+    assert result["reliable"]
+
+
+def test_the_shipped_model_does_not_vouch_for_lips_under_noise(studio_clip, tmp_path, capsys):
+    """The clip's sound replaced by noise: whatever shift reads highest, the reading is called unreliable."""
+    clip = tmp_path / "noise.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(studio_clip), "-f", "lavfi", "-i", "anoisesrc=duration=3:seed=1",
+                    "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "flac", "-shortest", str(clip)], check=True)
+    assert main(["offset", str(clip), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert not result["reliable"] and result["doubt"]
