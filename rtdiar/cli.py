@@ -245,7 +245,8 @@ def build_offset_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
     parser.add_argument("--fix", metavar="OUT", type=Path, help="write a copy of FILE with the audio moved into sync")
     parser.add_argument("--force", action="store_true",
-                        help="--fix even when the reading is unreliable (confidence below offset.min_confidence)")
+                        help="--fix even when the reading is unreliable (confidence below offset.min_confidence, "
+                             "or on the edge of the search)")
     parser.add_argument("--overwrite", action="store_true", help="replace --fix OUT if it exists")
     add_model_arguments(parser)
     return parser
