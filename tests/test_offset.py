@@ -231,7 +231,8 @@ def test_cli_runs_the_model(clip_3s: Path, random_weights: Path, capsys) -> None
     assert abs(report["offset_frames"]) <= 6 and report["max_shift"] == 6
     assert report["confidence"] >= 0.0 and len(report["curve"]) == 13
     assert report["file"] == clip_3s.name and "lags" in report["sign"]
-    assert report["reliable"] == (report["confidence"] >= report["min_confidence"])
+    trusted = report["confidence"] >= report["min_confidence"] and abs(report["offset_frames"]) < 6
+    assert report["reliable"] == trusted and (report["doubt"] is None) == trusted
 
 
 # --- the fixed copy ---------------------------------------------------------------------------
