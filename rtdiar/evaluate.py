@@ -34,7 +34,7 @@ from rtdiar.config import PROJECT_ROOT, Config
 from rtdiar.dataset import PreparedClip
 from rtdiar.errors import RtdiarError
 from rtdiar.inference import SyncScorer
-from rtdiar.offset import estimate_offset
+from rtdiar.offset import read_offset
 from rtdiar.sources import FileSource
 from rtdiar.types import FrameResult
 from rtdiar.windows import MEL_FPS
@@ -166,22 +166,28 @@ def window_auc_figure(clips: list[ClipEmbeddings]) -> dict:
             "voiced_positives": int(sum(map(len, voiced_pos))), "per_clip": per_clip}
 
 
-def offset_figure(clips: list[ClipEmbeddings]) -> dict:
-    """The offset tool's estimate for every clip and applied shift; right within OFFSET_TOLERANCE.
+def offset_figure(clips: list[ClipEmbeddings], config: Config) -> dict:
+    """The offset tool's reading for every clip and applied shift; right within OFFSET_TOLERANCE.
 
     Also each applied shift measured from the clip's own reading at 0 ("relative"): a clip whose
     recording is itself out of sync misses every absolute case, yet a tool that follows the shift
-    gets all its relative ones right.
+    gets all its relative ones right. And how often the readings the tool calls unreliable
+    (`offset.min_confidence`, the edge of the search) are right, against the others.
     """
-    per_clip = {clip.name: [estimate_offset(clip.similarities(shift))[0] for shift in APPLIED_SHIFTS]
+    readings = {clip.name: [read_offset(clip.name, clip.similarities(shift), config) for shift in APPLIED_SHIFTS]
                 for clip in clips}
+    per_clip = {name: [reading.offset_frames for reading in found] for name, found in readings.items()}
     right = [abs(found - shift) <= OFFSET_TOLERANCE
              for estimates in per_clip.values() for found, shift in zip(estimates, APPLIED_SHIFTS)]
+    trusted = [reading.reliable for found in readings.values() for reading in found]
     zero = APPLIED_SHIFTS.index(0)
     followed = [abs(found - estimates[zero] - shift) <= OFFSET_TOLERANCE
                 for estimates in per_clip.values() for found, shift in zip(estimates, APPLIED_SHIFTS) if shift]
     return {"accuracy": float(np.mean(right)), "cases": len(right),
             "relative_accuracy": float(np.mean(followed)), "relative_cases": len(followed),
+            "reliable_cases": int(np.sum(trusted)),
+            "reliable_accuracy": float(np.mean(np.array(right)[trusted])) if any(trusted) else None,
+            "unreliable_right": int(np.sum(np.array(right)[~np.array(trusted)])),
             "applied_shifts": list(APPLIED_SHIFTS), "max_shift": OFFSET_SEARCH, "tolerance": OFFSET_TOLERANCE,
             "per_clip": per_clip}
 
@@ -338,7 +344,7 @@ def evaluate_model(config: Config, scorer: SyncScorer, data_dir: Path | None = N
                "face": {"median_px": float(np.median([clip.face_px for clip in embedded])),
                         "tracked": float(np.mean([clip.tracked for clip in embedded])),
                         "per_clip": {clip.name: {"px": clip.face_px, "tracked": clip.tracked} for clip in embedded}},
-               "window_auc": window_auc_figure(embedded), "offset": offset_figure(embedded),
+               "window_auc": window_auc_figure(embedded), "offset": offset_figure(embedded, config),
                "two_faces": two_faces_figure(embedded, int(round(SMOOTH_S * config.window.fps)))}
     for key, name, figure in (("hamilton", HAMILTON, hamilton_figure), ("crowd", CROWD, crowd_figure)):
         path = data_dir / "multi" / name
@@ -389,6 +395,8 @@ def format_report(figures: dict) -> str:
                   offset["accuracy"], True, TARGETS["offset"]),
              _row(f"  the shift, from the clip's own reading at 0 ({offset['relative_cases']})",
                   offset["relative_accuracy"], True),
+             _row(f"  reliable readings ({offset['reliable_cases']}; others right: {offset['unreliable_right']} of "
+                  f"{offset['cases'] - offset['reliable_cases']})", offset["reliable_accuracy"], True),
              _row(f"two faces one voice: A first ({two['time_points']} times)", two["accuracy"], True,
                   TARGETS["two_faces"]),
              _row(f"  pairs where A is first most of the time ({two['pairs']})", two["pairs_won"], True),

@@ -134,11 +134,15 @@ def analyse_clip(path: Path, config: Config, scorer: SyncScorer, max_shift: int)
     if len(sims) == 0:
         raise RtdiarError(f"{path}: the face is tracked on fewer than {config.window.frames} frames in a row: "
                           "too short to measure an offset")
+    return read_offset(Path(path).name, sims, config)
+
+
+def read_offset(name: str, sims: np.ndarray, config: Config) -> OffsetResult:
+    """The reading of a clip's window similarities (see `estimate_offset`), judged by `config.offset`."""
     offset_frames, confidence, curve = estimate_offset(sims)
-    return OffsetResult(file=Path(path).name, offset_frames=offset_frames,
-                        offset_ms=offset_frames * 1000.0 / config.window.fps, confidence=confidence,
-                        max_shift=max_shift, windows=len(sims), curve=[float(v) for v in curve],
-                        min_confidence=config.offset.min_confidence)
+    return OffsetResult(file=name, offset_frames=offset_frames, offset_ms=offset_frames * 1000.0 / config.window.fps,
+                        confidence=confidence, max_shift=sims.shape[1] // 2, windows=len(sims),
+                        curve=[float(v) for v in curve], min_confidence=config.offset.min_confidence)
 
 
 def shift_filter(offset_s: float, info: MediaInfo) -> str:

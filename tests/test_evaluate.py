@@ -69,9 +69,10 @@ def test_offset_and_window_auc_of_a_perfect_scorer(config):
     embedded = embed_clip(clip, silence, TimeCodeScorer(frames), config)
     np.testing.assert_array_equal(embedded.in_sync_audio(), embedded.faces)  # each window's own sound
 
-    offsets = offset_figure([embedded])
+    offsets = offset_figure([embedded], config)
     assert offsets["per_clip"]["wild/timecode"] == list(APPLIED_SHIFTS)  # audio delayed by d is found at +d
     assert offsets["accuracy"] == 1.0 and offsets["relative_accuracy"] == 1.0
+    assert offsets["reliable_cases"] == len(APPLIED_SHIFTS) and offsets["reliable_accuracy"] == 1.0
     auc = window_auc_figure([embedded])
     assert auc["all"] == 1.0
     assert auc["voiced"] is None  # no speech in silence: nothing to measure
@@ -84,7 +85,7 @@ def test_a_clip_recorded_out_of_sync_misses_every_offset_but_follows_every_shift
     mel = np.tile(np.arange(frames * 3.2 + 20, dtype=np.float32), (80, 1))
     late = embed_clip(PreparedClip("wild/late", crops, np.ones(frames, bool), 0, mel),
                       np.zeros(int(frames / 25 * 16000), np.float32), TimeCodeScorer(frames), config)
-    offsets = offset_figure([late])
+    offsets = offset_figure([late], config)
     assert offsets["per_clip"]["wild/late"] == [shift + 3 for shift in APPLIED_SHIFTS]
     assert offsets["accuracy"] == 0.0
     assert offsets["relative_accuracy"] == 1.0 and offsets["relative_cases"] == len(APPLIED_SHIFTS) - 1
@@ -96,6 +97,16 @@ def fake_clip(name: str, face: np.ndarray, voice: np.ndarray, windows: int = 40)
     return ClipEmbeddings(name, np.arange(windows), np.tile(face, (windows, 1)),
                           {shift: np.tile(voice, (rows, 1)) for shift in APPLIED_SHIFTS},
                           np.ones(windows, bool), np.ones((windows, 6), bool), 100.0, 1.0)
+
+
+def test_readings_without_evidence_are_counted_as_unreliable(config):
+    """Every face window matches every sound alike: each reading is a flat curve's tie, called in
+    sync (right only where no shift was applied), and the tool vouches for none of them."""
+    e1 = np.eye(2, dtype=np.float32)[0]
+    offsets = offset_figure([fake_clip("flat", e1, e1)], config)
+    assert offsets["per_clip"]["flat"] == [0] * len(APPLIED_SHIFTS)
+    assert offsets["reliable_cases"] == 0 and offsets["reliable_accuracy"] is None
+    assert offsets["unreliable_right"] == 1
 
 
 def test_two_faces_counts_the_voice_owner_first_or_not():
