@@ -177,17 +177,17 @@ def offset_figure(clips: list[ClipEmbeddings], config: Config) -> dict:
     readings = {clip.name: [read_offset(clip.name, clip.similarities(shift), config) for shift in APPLIED_SHIFTS]
                 for clip in clips}
     per_clip = {name: [reading.offset_frames for reading in found] for name, found in readings.items()}
-    right = [abs(found - shift) <= OFFSET_TOLERANCE
-             for estimates in per_clip.values() for found, shift in zip(estimates, APPLIED_SHIFTS)]
-    trusted = [reading.reliable for found in readings.values() for reading in found]
+    right = np.array([abs(found - shift) <= OFFSET_TOLERANCE
+                      for estimates in per_clip.values() for found, shift in zip(estimates, APPLIED_SHIFTS)])
+    trusted = np.array([reading.reliable for found in readings.values() for reading in found])
     zero = APPLIED_SHIFTS.index(0)
     followed = [abs(found - estimates[zero] - shift) <= OFFSET_TOLERANCE
                 for estimates in per_clip.values() for found, shift in zip(estimates, APPLIED_SHIFTS) if shift]
-    return {"accuracy": float(np.mean(right)), "cases": len(right),
+    return {"accuracy": float(right.mean()), "cases": len(right),
             "relative_accuracy": float(np.mean(followed)), "relative_cases": len(followed),
-            "reliable_cases": int(np.sum(trusted)),
-            "reliable_accuracy": float(np.mean(np.array(right)[trusted])) if any(trusted) else None,
-            "unreliable_right": int(np.sum(np.array(right)[~np.array(trusted)])),
+            "reliable_cases": int(trusted.sum()),
+            "reliable_accuracy": float(right[trusted].mean()) if trusted.any() else None,
+            "unreliable_right": int(right[~trusted].sum()),
             "applied_shifts": list(APPLIED_SHIFTS), "max_shift": OFFSET_SEARCH, "tolerance": OFFSET_TOLERANCE,
             "per_clip": per_clip}
 
