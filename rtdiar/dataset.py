@@ -28,13 +28,14 @@ from tqdm import tqdm
 
 from rtdiar.audio import MEL_SILENCE, wav2lip_melspectrogram
 from rtdiar.config import Config
+from rtdiar.lips import LIPS_SHAPE, LipLandmarker, fill_gaps
 from rtdiar.media import lossy_round_trip
 from rtdiar.sources import FileSource
 from rtdiar.tracking import FaceDetector, IoUTracker, ShotCuts, crop_mouth_region
 from rtdiar.windows import MEL_FPS, mel_start_index, nearest_frames
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rtdiar" / "prepared"
-PREP_VERSION = 2  # bump when the preprocessing code changes what it writes (2: face_px)
+PREP_VERSION = 3  # bump when the preprocessing code changes what it writes (2: face_px, 3: lips)
 CODED_BATCH = 40  # clips whose sound goes through a codec in one ffmpeg round trip
 CODED_GAP_S = 0.5  # silence between them, so a codec's frames never straddle two clips
 VIDEO_SUFFIXES = (".mp4", ".mpg", ".avi", ".mov", ".mkv", ".webm")
@@ -56,6 +57,8 @@ class PreparedClip:
     fps: float = 25.0
     face_px: float = float("nan")  # median height of the tracked face box in the frames the detector saw
                                    # (NaN: not cut from a video)
+    lips: np.ndarray | None = None  # (T, 42, 2) float32 eye-aligned lip points (`rtdiar.lips`), NaN in frames
+                                    # FaceMesh missed or without a crop (None: not cut from a video)
 
     def window_starts(self, frames: int = 5, mel_frames: int = 16, max_shift: int = 0) -> np.ndarray:
         """Grid indices k where crops[k:k+frames] are all valid and audio shifted by up to
@@ -91,6 +94,22 @@ class PreparedClip:
         start = self.mel_index(k + shift)
         return self.mel[:, start:start + mel_frames]
 
+    def lips_found(self) -> np.ndarray:
+        """(T,) bool: grid frames with lip points (none without `lips`)."""
+        if self.lips is None:
+            return np.zeros(len(self.crops), bool)
+        return ~np.isnan(self.lips).any(axis=(1, 2))
+
+    def lips_windows(self, starts: np.ndarray, frames: int = 5) -> np.ndarray:
+        """(len(starts), frames, 42, 2) lip points of the windows, each frame FaceMesh missed taking its
+        nearest neighbour's within the window, as the engine's `CropHistory.lips_window` does (zeros
+        for a window without any)."""
+        if self.lips is None:
+            raise ValueError(f"{self.name} has no lip points: prepare it again")
+        found = self.lips_found()
+        return np.stack([fill_gaps(np.nan_to_num(self.lips[k:k + frames]), found[k:k + frames])
+                         for k in np.asarray(starts, int)]).astype(np.float32)
+
     def tracked_share(self) -> float:
         """The share of the clip's 25 fps frames (its audio spans the whole clip) that have a real
         crop in this track: how much of the clip the detector and tracker kept the face for."""
@@ -100,8 +119,9 @@ class PreparedClip:
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
+        lips = {} if self.lips is None else {"lips": self.lips}
         np.savez(tmp, crops=self.crops, valid=self.valid, first_frame=self.first_frame, mel=self.mel,
-                 fps=self.fps, name=self.name, face_px=self.face_px)
+                 fps=self.fps, name=self.name, face_px=self.face_px, **lips)
         os.replace(tmp, path)
 
     @classmethod
@@ -109,7 +129,7 @@ class PreparedClip:
         with np.load(path) as data:
             return cls(name=str(data["name"]), crops=data["crops"], valid=data["valid"],
                        first_frame=int(data["first_frame"]), mel=data["mel"], fps=float(data["fps"]),
-                       face_px=float(data["face_px"]))
+                       face_px=float(data["face_px"]), lips=data["lips"] if "lips" in data.files else None)
 
 
 def find_clips(entries: Sequence[str | Path]) -> list[Path]:
@@ -133,8 +153,10 @@ def cache_path(clip: Path, cache_dir: Path, config: Config, scale: float = 1.0) 
     return cache_dir / prep_digest(config, scale) / clip.parent.name / f"{clip.stem}.npz"
 
 
-def track_clip(clip: Path, config: Config, detector: FaceDetector, scale: float = 1.0) -> PreparedClip | None:
-    """The clip's longest face track on the 25 fps grid, or None when no face was tracked.
+def track_clip(clip: Path, config: Config, detector: FaceDetector, scale: float = 1.0,
+               landmarker: LipLandmarker | None = None) -> PreparedClip | None:
+    """The clip's longest face track on the 25 fps grid, or None when no face was tracked; with a
+    `landmarker`, its lip points too.
 
     `scale` < 1 shrinks every frame first (INTER_AREA, as a lower-resolution camera would see it):
     how the same people would look further from the camera, for measuring small faces.
@@ -142,17 +164,18 @@ def track_clip(clip: Path, config: Config, detector: FaceDetector, scale: float 
     source = FileSource(clip, None, "fast", config.video, config.audio)
     tracker = IoUTracker(config.tracker)
     cuts = ShotCuts(config.tracker.cut_threshold)
-    tracks: dict[int, list[tuple[float, np.ndarray, float]]] = defaultdict(list)
+    tracks: dict[int, list[tuple[float, np.ndarray, float, np.ndarray | None]]] = defaultdict(list)
     for frame in source.read_frames(threading.Event()):
         image = frame.image if scale == 1.0 else cv2.resize(frame.image, None, fx=scale, fy=scale,
                                                              interpolation=cv2.INTER_AREA)
         for track in tracker.update(*detector.detect(image), cuts.is_cut(image)):
             crop = crop_mouth_region(image, track.box, config.tracker, config.window.crop_px)
-            tracks[track.id].append((frame.t, crop, float(track.box[3] - track.box[1])))
+            points = landmarker.points(image, track.box) if landmarker else None
+            tracks[track.id].append((frame.t, crop, float(track.box[3] - track.box[1]), points))
     if not tracks:
         return None
     items = max(tracks.values(), key=len)
-    times = np.array([t for t, _, _ in items])
+    times = np.array([t for t, _, _, _ in items])
     fps = config.window.fps
     grid = np.arange(int(np.ceil(times[0] * fps - 1e-6)), int(np.floor(times[-1] * fps + 1e-6)) + 1)
     if len(grid) == 0:
@@ -160,14 +183,18 @@ def track_clip(clip: Path, config: Config, detector: FaceDetector, scale: float 
     nearest = nearest_frames(times, grid / fps, fps)
     blank = np.zeros_like(items[0][1])
     crops = np.stack([items[i][1] if i >= 0 else blank for i in nearest])
+    no_lips = np.full(LIPS_SHAPE, np.nan, np.float32)
+    lips = np.stack([items[i][3] if i >= 0 and items[i][3] is not None else no_lips for i in nearest]) \
+        if landmarker else None
     mel = wav2lip_melspectrogram(source.aligned_audio(), config.audio.sample_rate)
-    face_px = float(np.median([height for _, _, height in items]))
+    face_px = float(np.median([height for _, _, height, _ in items]))
     return PreparedClip(name=f"{clip.parent.name}/{clip.stem}", crops=crops, valid=nearest >= 0,
-                        first_frame=int(grid[0]), mel=mel, fps=fps, face_px=face_px)
+                        first_frame=int(grid[0]), mel=mel, fps=fps, face_px=face_px, lips=lips)
 
 
-def _prepare_one(clip: Path, out: Path, config: Config, detector: FaceDetector, scale: float) -> None:
-    prepared = track_clip(clip, config, detector, scale)
+def _prepare_one(clip: Path, out: Path, config: Config, detector: FaceDetector, landmarker: LipLandmarker,
+                 scale: float) -> None:
+    prepared = track_clip(clip, config, detector, scale, landmarker)
     if prepared is None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".noface").touch()  # remembered, so the clip is not tried again
@@ -176,10 +203,10 @@ def _prepare_one(clip: Path, out: Path, config: Config, detector: FaceDetector, 
 
 
 def _prepare_batch(jobs: list[tuple[Path, Path]], config: Config, scale: float) -> int:
-    """Prepare clips with one detector (a worker process's whole share, or everything in-process)."""
-    with FaceDetector(config.detector) as detector:
+    """Prepare clips with one detector and landmarker (a worker process's whole share, or everything in-process)."""
+    with FaceDetector(config.detector) as detector, LipLandmarker() as landmarker:
         for clip, out in jobs:
-            _prepare_one(clip, out, config, detector, scale)
+            _prepare_one(clip, out, config, detector, landmarker, scale)
     return len(jobs)
 
 

@@ -6,6 +6,7 @@ The engine never touches tensors (the scorer does) and never draws (the sinks an
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -19,6 +20,7 @@ from rtdiar.config import Config
 from rtdiar.decision import CausalSmoother, SpeakerDecision
 from rtdiar.errors import RtdiarError
 from rtdiar.inference import SyncScorer
+from rtdiar.lips import LipLandmarker
 from rtdiar.sources import VideoFrame
 from rtdiar.timing import StageTimes
 from rtdiar.tracking import FaceDetector, IoUTracker, ShotCuts, crop_mouth_region
@@ -186,6 +188,12 @@ class Diarizer:
                         pass
 
     def _process(self, source, detected: queue.Queue, ring: AudioRing) -> Iterator[FrameResult]:
+        """The frames processed in order; FaceMesh runs here, on the tracked boxes, for a model that reads lip points."""
+        with LipLandmarker() if self.scorer.needs_lips else contextlib.nullcontext() as landmarker:
+            yield from self._process_frames(source, detected, ring, landmarker)
+
+    def _process_frames(self, source, detected: queue.Queue, ring: AudioRing,
+                        landmarker: LipLandmarker | None) -> Iterator[FrameResult]:
         cfg = self.config
         tracker = IoUTracker(cfg.tracker)
         stream = _AudioFeatures(cfg, ring, self.times)
@@ -204,9 +212,13 @@ class Diarizer:
                     histories.pop(ended, None)
                     smoother.forget(ended)
             with self.times.stage("crop"):
-                for track in tracks:
-                    histories.setdefault(track.id, CropHistory()).add(
-                        frame.t, crop_mouth_region(frame.image, track.box, cfg.tracker, cfg.window.crop_px))
+                crops = [crop_mouth_region(frame.image, track.box, cfg.tracker, cfg.window.crop_px) for track in tracks]
+            lips = [None] * len(tracks)
+            if landmarker is not None:
+                with self.times.stage("lips"):
+                    lips = [landmarker.points(frame.image, track.box) for track in tracks]
+            for track, crop, points in zip(tracks, crops, lips):
+                histories.setdefault(track.id, CropHistory()).add(frame.t, crop, points)
             t_audio = frame.t - self._audio_start(source, ring)
             stream.advance_to(audio_end_sample(t_audio, cfg.window, cfg.audio.sample_rate), self._stop)
             self._audio_consumed = stream.consumed
@@ -235,12 +247,17 @@ class Diarizer:
         if mel is None:
             return {}
         wcfg = self.config.window
-        ready = [(track.id, histories[track.id].window(t, wcfg.frames, wcfg.fps)) for track in tracks]
-        ready = [(tid, window) for tid, window in ready if window is not None]
+        ready = []
+        for track in tracks:
+            window = histories[track.id].window(t, wcfg.frames, wcfg.fps)
+            lips = histories[track.id].lips_window(t, wcfg.frames, wcfg.fps) if self.scorer.needs_lips else None
+            if window is not None and (lips is not None or not self.scorer.needs_lips):
+                ready.append((track.id, window, lips))
         if not ready:
             return {}
-        scores = self.scorer.score(np.stack([window for _, window in ready]), mel)
-        return {tid: float(score) for (tid, _), score in zip(ready, scores)}
+        lips = np.stack([points for _, _, points in ready]) if self.scorer.needs_lips else None
+        scores = self.scorer.score(np.stack([window for _, window, _ in ready]), mel, lips)
+        return {tid: float(score) for (tid, _, _), score in zip(ready, scores)}
 
     def _audio_start(self, source, ring: AudioRing) -> float:
         """Timeline time of ring sample 0; a microphone sets it with its first block."""

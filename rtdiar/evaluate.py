@@ -34,7 +34,7 @@ from rtdiar.config import PROJECT_ROOT, Config
 from rtdiar.dataset import PreparedClip
 from rtdiar.errors import RtdiarError
 from rtdiar.inference import SyncScorer
-from rtdiar.offset import read_offset
+from rtdiar.offset import clip_face_embeddings, read_offset
 from rtdiar.sources import FileSource
 from rtdiar.types import FrameResult
 from rtdiar.windows import MEL_FPS
@@ -136,7 +136,7 @@ def embed_clip(clip: PreparedClip, wave: np.ndarray, scorer: SyncScorer, config:
     starts = clip.window_starts(frames, mel_frames)
     if len(starts) == 0:
         return None
-    faces = scorer.face_embeddings(np.stack([clip.crops[k:k + frames] for k in starts]))
+    faces = clip_face_embeddings(clip, starts, scorer, frames)
     grid = np.arange(starts[0] - OFFSET_SEARCH, starts[-1] + OFFSET_SEARCH + 1)
     audio = {shift: scorer.audio_embeddings(clip.mel_windows(grid, mel_frames, shift_mel(clip.mel, shift, clip.fps)))
              for shift in APPLIED_SHIFTS}

@@ -11,10 +11,12 @@ from torch import nn
 
 from rtdiar.config import ModelConfig
 from rtdiar.errors import RtdiarError
-from rtdiar.model import build_model, load_weights, weights_arch
+from rtdiar.lips import LIPS_SHAPE
+from rtdiar.model import build_model, face_inputs, load_weights, weights_arch
 from rtdiar.onnx_backend import OnnxTowers  # light: onnxruntime itself is imported when a session is made
 
 WINDOW_SHAPE = (5, 48, 96, 3)  # frames, height, width, BGR
+LIPS_WINDOW_SHAPE = (5, *LIPS_SHAPE)  # frames, lip points, x y
 MEL_SHAPE = (80, 16)  # mel bands, 80 Hz frames (0.2 s)
 RUNTIMES = ("auto", "torch", "onnx")
 
@@ -66,15 +68,17 @@ def pack_faces(crops: torch.Tensor) -> torch.Tensor:
 
 
 class FaceTower(nn.Module):
-    """(N, 5, 48, 96, 3) uint8 crops -> (N, D) embeddings: packing and face tower as one module, so
-    torch runs it and ONNX Runtime runs its export from the same code."""
+    """The model's face inputs ((N, 5, 48, 96, 3) uint8 crops and/or (N, 5, 42, 2) lip points, in
+    `face_inputs` order) -> (N, D) embeddings: packing and face tower as one module, so torch runs it
+    and ONNX Runtime runs its export from the same code."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.inputs = face_inputs(model)
 
-    def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        return self.model.embed_faces(pack_faces(crops))
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_faces(*(pack_faces(x) if name == "crops" else x for name, x in zip(self.inputs, inputs)))
 
 
 class AudioTower(nn.Module):
@@ -94,22 +98,25 @@ class TorchTowers:
     def __init__(self, face_tower: nn.Module, audio_tower: nn.Module, device: torch.device) -> None:
         self._face_tower, self._audio_tower, self._device = face_tower, audio_tower, device
 
-    def faces(self, windows: np.ndarray) -> np.ndarray:
+    def faces(self, *inputs: np.ndarray) -> np.ndarray:
         # the uint8 crops go to the device as they are (4x less to copy) and become float there
-        return self._run(self._face_tower, windows)
+        return self._run(self._face_tower, *inputs)
 
     def audio(self, mels: np.ndarray) -> np.ndarray:
         return self._run(self._audio_tower, mels)
 
-    def _run(self, tower: nn.Module, inputs: np.ndarray) -> np.ndarray:
+    def _run(self, tower: nn.Module, *inputs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return tower(torch.from_numpy(inputs).to(self._device)).float().cpu().numpy()
+            return tower(*(torch.from_numpy(x).to(self._device) for x in inputs)).float().cpu().numpy()
 
 
-def onnx_towers(face_tower: nn.Module, audio_tower: nn.Module) -> OnnxTowers:
+FACE_EXAMPLES = {"crops": torch.zeros((2, *WINDOW_SHAPE), dtype=torch.uint8), "lips": torch.zeros((2, *LIPS_WINDOW_SHAPE))}
+
+
+def onnx_towers(face_tower: FaceTower, audio_tower: nn.Module) -> OnnxTowers:
     """The towers exported to ONNX Runtime sessions on the CPU, with torch's thread budget."""
-    examples = torch.zeros((2, *WINDOW_SHAPE), dtype=torch.uint8), torch.zeros((2, *MEL_SHAPE))
-    return OnnxTowers(face_tower, audio_tower, *examples, threads=torch.get_num_threads())
+    faces = {name: FACE_EXAMPLES[name] for name in face_tower.inputs}
+    return OnnxTowers(face_tower, audio_tower, faces, torch.zeros((2, *MEL_SHAPE)), threads=torch.get_num_threads())
 
 
 class SyncScorer:
@@ -127,6 +134,7 @@ class SyncScorer:
         # the towers are put in eval mode themselves: the ONNX exporter restores each module's own
         # training flag afterwards, and a wrapper left in training mode would switch the model's batch norm on
         face_tower, audio_tower = FaceTower(self.model).eval(), AudioTower(self.model).eval()
+        self._inputs = face_tower.inputs
         if runtime == "torch":
             self._towers = TorchTowers(face_tower, audio_tower, device)
         elif runtime == "onnx":
@@ -134,8 +142,14 @@ class SyncScorer:
         else:
             raise ValueError(f"runtime must be torch or onnx, got {runtime!r}")
 
-    def score(self, windows: np.ndarray, mel: np.ndarray) -> np.ndarray:
-        """(N, 5, 48, 96, 3) uint8 BGR crops in time order and an (80, 16) mel -> (N,) float32 cosine similarities."""
+    @property
+    def needs_lips(self) -> bool:
+        """Whether the model reads lip points (`rtdiar.lips`): then every window needs them."""
+        return "lips" in self._inputs
+
+    def score(self, windows: np.ndarray, mel: np.ndarray, lips: np.ndarray | None = None) -> np.ndarray:
+        """(N, 5, 48, 96, 3) uint8 BGR crops in time order (with their (N, 5, 42, 2) lip points when the
+        model reads them) and an (80, 16) mel -> (N,) float32 cosine similarities."""
         if windows.ndim != 5 or windows.shape[1:] != WINDOW_SHAPE or windows.dtype != np.uint8:
             raise ValueError(f"windows must be uint8 (N, 5, 48, 96, 3), got {windows.dtype} {windows.shape}")
         if mel.shape != MEL_SHAPE:
@@ -143,13 +157,27 @@ class SyncScorer:
         if len(windows) == 0:
             return np.zeros(0, dtype=np.float32)
         audio_emb = self._towers.audio(_mels(mel[None]))
-        face_emb = self._towers.faces(np.ascontiguousarray(windows))
+        face_emb = self._towers.faces(*self._face_arrays(windows, lips))
         return F.cosine_similarity(torch.from_numpy(face_emb), torch.from_numpy(audio_emb), dim=1).numpy()
 
-    def face_embeddings(self, windows: np.ndarray, batch: int = 256) -> np.ndarray:
-        """(N, 5, 48, 96, 3) uint8 crops -> (N, D) float32 unit vectors, for scoring many pairings at once
-        (offset search, evaluation): the cosine of two embeddings is what `score` returns."""
-        return _batched(lambda part: self._towers.faces(np.ascontiguousarray(part)), windows, batch)
+    def face_embeddings(self, windows: np.ndarray, lips: np.ndarray | None = None, batch: int = 256) -> np.ndarray:
+        """(N, 5, 48, 96, 3) uint8 crops (and their lip points, as `score`) -> (N, D) float32 unit vectors,
+        for scoring many pairings at once (offset search, evaluation): the cosine of two embeddings is
+        what `score` returns."""
+        parts = [self._towers.faces(*self._face_arrays(windows[i:i + batch], None if lips is None else lips[i:i + batch]))
+                 for i in range(0, len(windows), batch)]
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+    def _face_arrays(self, windows: np.ndarray, lips: np.ndarray | None) -> list[np.ndarray]:
+        """The face tower's inputs in its order, contiguous (a strided view is copied one batch at a time)."""
+        if self.needs_lips:
+            if lips is None or lips.shape != (len(windows), *LIPS_WINDOW_SHAPE):
+                got = "none" if lips is None else str(lips.shape)
+                raise ValueError(f"model '{getattr(self.model, 'arch', '?')}' reads lip points: lips must be "
+                                 f"(N, 5, 42, 2) beside the (N, ...) windows, got {got}")
+            lips = np.ascontiguousarray(lips, dtype=np.float32)
+        named = {"crops": windows, "lips": lips}
+        return [np.ascontiguousarray(named[name]) for name in self._inputs]
 
     def audio_embeddings(self, mels: np.ndarray, batch: int = 1024) -> np.ndarray:
         """(M, 80, 16) mel windows -> (M, D) float32 unit vectors."""

@@ -122,7 +122,35 @@ def lip_motion(faces: torch.Tensor, frames: int = 5, eps: float = 0.02) -> torch
     return motion / (rms + eps)
 
 
-class CompactSyncNet(nn.Module):
+def compact_audio_encoder() -> nn.Sequential:
+    """(B, 1, 80, 16) mel -> (B, 256, 1, 1): the audio tower of rtdiar's own experts."""
+    return nn.Sequential(
+        _conv_bn(1, 32, 3, stride=(2, 1)),  # 40 x 16
+        _conv_bn(32, 64, 3, stride=(2, 1)),  # 20 x 16
+        _conv_bn(64, 64, 3, stride=2),  # 10 x 8
+        _conv_bn(64, 128, 3, stride=2),  # 5 x 4
+        _conv_bn(128, 256, (5, 4), padding=0),  # 1 x 1
+    )
+
+
+class _OwnExpert(nn.Module):
+    """What rtdiar's own experts share: the compact audio tower, unit embeddings, the forward pass.
+    A subclass builds its face tower first, then `_add_audio_tower` (the order fixes the random
+    initialisation, so a recipe replays the weights it shipped)."""
+
+    def _add_audio_tower(self, embed_dim: int) -> None:
+        self.audio_encoder = compact_audio_encoder()
+        self.audio_head = nn.Linear(256, embed_dim)
+
+    def embed_audio(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 80, 16) Wav2Lip-normalised mel -> (B, embed_dim) unit vectors."""
+        return F.normalize(self.audio_head(self.audio_encoder(audio).flatten(1)), dim=1)
+
+    def forward(self, audio: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.embed_audio(audio), self.embed_faces(faces)
+
+
+class CompactSyncNet(_OwnExpert):
     """rtdiar's own lip-sync expert: the lip *motion* of 5 frames vs 0.2 s of mel, 1.6 M parameters.
 
     Same inputs as SyncNet_color (15 x 48 x 96 BGR in [0, 1], 80 x 16 mel) so the engine feeds
@@ -143,39 +171,64 @@ class CompactSyncNet(nn.Module):
             _conv_bn(256, 256, 3, padding=0),  # 1 x 1
         )
         self.face_head = nn.Linear(256, embed_dim)
-        self.audio_encoder = nn.Sequential(  # (B, 1, 80, 16)
-            _conv_bn(1, 32, 3, stride=(2, 1)),  # 40 x 16
-            _conv_bn(32, 64, 3, stride=(2, 1)),  # 20 x 16
-            _conv_bn(64, 64, 3, stride=2),  # 10 x 8
-            _conv_bn(64, 128, 3, stride=2),  # 5 x 4
-            _conv_bn(128, 256, (5, 4), padding=0),  # 1 x 1
-        )
-        self.audio_head = nn.Linear(256, embed_dim)
-
-    def embed_audio(self, audio: torch.Tensor) -> torch.Tensor:
-        """(B, 1, 80, 16) Wav2Lip-normalised mel -> (B, embed_dim) unit vectors."""
-        return F.normalize(self.audio_head(self.audio_encoder(audio).flatten(1)), dim=1)
+        self._add_audio_tower(embed_dim)
 
     def embed_faces(self, faces: torch.Tensor) -> torch.Tensor:
         """(B, 15, 48, 96) five BGR crops in [0, 1], stacked on channels -> (B, embed_dim) unit vectors."""
         return F.normalize(self.face_head(self.face_encoder(lip_motion(faces)).flatten(1)), dim=1)
 
-    def forward(self, audio: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.embed_audio(audio), self.embed_faces(faces)
+
+def _linear_bn(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Linear(cin, cout, bias=False), nn.BatchNorm1d(cout), nn.ReLU(inplace=True)]
 
 
-class CompactPair(nn.Module):
-    """Two `compact` experts trained apart, run as one network whose cosine is the mean of theirs.
+LIP_MOTION_GAIN = 10.0  # lip points move by hundredths of the eye distance in 0.2 s: brought to the shape's scale
 
-    Each member's unit embedding is scaled by 1/sqrt(2) and the two are concatenated, so the
-    result is again a unit vector and the engine, the offset tool and ONNX Runtime use the pair
-    unchanged. With about a hundred training faces each run memorises some of them its own way;
-    the average keeps what the two agree on, the lips.
+
+class LipSyncNet(_OwnExpert):
+    """rtdiar's landmark expert: 5 frames of eye-aligned lip points (`rtdiar.lips`) vs 0.2 s of mel.
+
+    The face tower sees each frame's lip shape and its motion within the window, never pixels, so it
+    cannot learn who the training faces are. A small MLP over the whole window (a temporal
+    convolution validated a little lower, 0.703 against 0.706 at step 3500, in a scratch run); the audio tower is the
+    compact model's.
     """
 
-    def __init__(self) -> None:
+    face_inputs = ("lips",)
+
+    def __init__(self, embed_dim: int = 128, points: int = 42, frames: int = 5) -> None:
         super().__init__()
-        self.members = nn.ModuleList([build_model("compact"), build_model("compact")])
+        self.face_encoder = nn.Sequential(  # (B, 5 * P * 4): x, y and their motion in each frame
+            *_linear_bn(frames * points * 4, 512), *_linear_bn(512, 512), *_linear_bn(512, 256))
+        self.face_head = nn.Linear(256, embed_dim)
+        self._add_audio_tower(embed_dim)
+
+    def embed_faces(self, lips: torch.Tensor) -> torch.Tensor:
+        """(B, 5, P, 2) eye-aligned lip points -> (B, embed_dim) unit vectors."""
+        motion = lips - lips.mean(dim=1, keepdim=True)
+        window = torch.cat([lips, LIP_MOTION_GAIN * motion], dim=3).flatten(1)
+        return F.normalize(self.face_head(self.face_encoder(window)), dim=1)
+
+
+def face_inputs(model: nn.Module) -> tuple[str, ...]:
+    """What a model's face tower reads, in its argument order: `crops` (5 stacked BGR crops) and/or
+    `lips` (5 frames of lip points)."""
+    return getattr(model, "face_inputs", ("crops",))
+
+
+class Ensemble(nn.Module):
+    """Experts trained apart, run as one network whose cosine is the mean of theirs.
+
+    Each member's unit embedding is scaled by 1/sqrt(n) and they are concatenated, so the result is
+    again a unit vector and the engine, the offset tool and ONNX Runtime use it unchanged. With about
+    a hundred training faces each run memorises some of them its own way; the average keeps what the
+    members agree on, the lips. The face tower reads every input some member needs.
+    """
+
+    def __init__(self, archs: tuple[str, ...]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList([build_model(arch) for arch in archs])
+        self.face_inputs = tuple(dict.fromkeys(name for m in self.members for name in face_inputs(m)))
 
     def _joined(self, embeddings: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(embeddings, dim=1) / len(embeddings) ** 0.5
@@ -183,26 +236,29 @@ class CompactPair(nn.Module):
     def embed_audio(self, audio: torch.Tensor) -> torch.Tensor:
         return self._joined([m.embed_audio(audio) for m in self.members])
 
-    def embed_faces(self, faces: torch.Tensor) -> torch.Tensor:
-        return self._joined([m.embed_faces(faces) for m in self.members])
+    def embed_faces(self, *inputs: torch.Tensor) -> torch.Tensor:
+        named = dict(zip(self.face_inputs, inputs))
+        return self._joined([m.embed_faces(*(named[name] for name in face_inputs(m))) for m in self.members])
 
-    def forward(self, audio: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.embed_audio(audio), self.embed_faces(faces)
+    def forward(self, audio: torch.Tensor, *faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.embed_audio(audio), self.embed_faces(*faces)
 
 
-def pair_models(first: str | Path, second: str | Path) -> CompactPair:
-    """The pair of two `compact` weights files (the engine's default model is such a pair)."""
-    pair = build_model("compact_pair")
-    for member, path in zip(pair.members, (first, second)):
-        load_weights(member, path)  # members are tagged `compact`, so another arch's file is refused
-    return pair
+def pair_models(first: str | Path, second: str | Path, arch: str = "compact_pair") -> Ensemble:
+    """An ensemble arch (the engine's default model is one) from its members' weights files, in order."""
+    ensemble = build_model(arch)
+    for member, path in zip(ensemble.members, (first, second)):
+        load_weights(member, path)  # members are tagged with their arch, so another arch's file is refused
+    return ensemble
 
 
 # Every network rtdiar can run, by the name used in configs and in weights metadata.
 ARCHS: dict[str, Callable[[], nn.Module]] = {
     "wav2lip": SyncNetColor,
     "compact": CompactSyncNet,
-    "compact_pair": CompactPair,
+    "compact_pair": lambda: Ensemble(("compact", "compact")),
+    "lips": LipSyncNet,
+    "compact_lips": lambda: Ensemble(("compact", "lips")),
     "baseline": EnergyBaseline,  # training-free: lip opening vs loudness, the floor to beat
 }
 

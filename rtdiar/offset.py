@@ -18,6 +18,7 @@ be rising, and in a short clip the silence padded beyond it can make the edge lo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import tempfile
@@ -31,6 +32,7 @@ from rtdiar.config import Config, WindowConfig
 from rtdiar.dataset import PreparedClip, track_clip
 from rtdiar.errors import RtdiarError
 from rtdiar.inference import SyncScorer
+from rtdiar.lips import LipLandmarker
 from rtdiar.media import MediaInfo, probe, require_tool
 from rtdiar.tracking import FaceDetector
 
@@ -110,14 +112,21 @@ def window_similarities(clip: PreparedClip, scorer: SyncScorer, max_shift: int,
     starts = clip.window_starts(frames, mel_frames)
     if len(starts) == 0:
         return np.zeros((0, 2 * max_shift + 1), np.float32)
-    # a strided view: the face windows are copied batch by batch inside the scorer, never all at once
-    span = np.moveaxis(sliding_window_view(clip.crops, frames, axis=0), -1, 1)[starts[0]:starts[-1] + 1]
-    faces = scorer.face_embeddings(span)[starts - starts[0]]
+    faces = clip_face_embeddings(clip, starts, scorer, frames)
     grid = np.arange(starts[0] - max_shift, starts[-1] + max_shift + 1)  # every audio window a shift needs
     audio = scorer.audio_embeddings(clip.mel_windows(grid, mel_frames))
     # column i pairs window k with audio window k + i - max_shift, i.e. row k - starts[0] + i of `audio`
     return np.stack([np.einsum("kd,kd->k", faces, audio[starts - starts[0] + i])
                      for i in range(2 * max_shift + 1)], axis=1)
+
+
+def clip_face_embeddings(clip: PreparedClip, starts: np.ndarray, scorer: SyncScorer, frames: int) -> np.ndarray:
+    """(len(starts), D) embeddings of the clip's face windows starting at the sorted grid frames
+    `starts`, with their lip points when the scorer reads them."""
+    # a strided view: the face windows are copied batch by batch inside the scorer, never all at once
+    span = np.moveaxis(sliding_window_view(clip.crops, frames, axis=0), -1, 1)[starts[0]:starts[-1] + 1]
+    lips = clip.lips_windows(np.arange(starts[0], starts[-1] + 1), frames) if scorer.needs_lips else None
+    return scorer.face_embeddings(span, lips)[starts - starts[0]]
 
 
 def analyse_clip(path: Path, config: Config, scorer: SyncScorer, max_shift: int) -> OffsetResult:
@@ -126,8 +135,9 @@ def analyse_clip(path: Path, config: Config, scorer: SyncScorer, max_shift: int)
         raise RtdiarError("max_shift must be at least 1 frame")
     if not probe(path).has_audio:
         raise RtdiarError(f"{path} has no audio stream: there is no sound to line up with the lips")
-    with FaceDetector(config.detector) as detector:
-        clip = track_clip(Path(path), config, detector)
+    with FaceDetector(config.detector) as detector, \
+            LipLandmarker() if scorer.needs_lips else contextlib.nullcontext() as landmarker:
+        clip = track_clip(Path(path), config, detector, landmarker=landmarker)
     if clip is None:
         raise RtdiarError(f"{path}: no face found, so no lips to line the sound up with")
     sims = window_similarities(clip, scorer, max_shift, config.window)

@@ -14,14 +14,15 @@ import torch
 from torch import nn
 
 
-def export_onnx(tower: nn.Module, example: torch.Tensor) -> bytes:
-    """The tower as an ONNX graph with a free batch axis, built in memory (a fraction of a second for
-    compact and wav2lip, so nothing is cached on disk)."""
+def export_onnx(tower: nn.Module, examples: dict[str, torch.Tensor]) -> bytes:
+    """The tower as an ONNX graph with a free batch axis, its inputs named and ordered as `examples`,
+    built in memory (a fraction of a second for compact and wav2lip, so nothing is cached on disk)."""
     buffer = io.BytesIO()
+    axes = {name: {0: "batch"} for name in [*examples, "embeddings"]}
     with warnings.catch_warnings():  # the tracer's and the legacy exporter's notes mean nothing to a user
         warnings.simplefilter("ignore")
-        torch.onnx.export(tower, (example,), buffer, input_names=["input"], output_names=["embeddings"],
-                          dynamic_axes={"input": {0: "batch"}, "embeddings": {0: "batch"}}, dynamo=False)
+        torch.onnx.export(tower, tuple(examples.values()), buffer, input_names=list(examples),
+                          output_names=["embeddings"], dynamic_axes=axes, dynamo=False)
     return buffer.getvalue()
 
 
@@ -41,15 +42,18 @@ def cpu_session(graph: bytes, threads: int):
 
 
 class OnnxTowers:
-    """The face and audio towers as ONNX Runtime sessions: numpy in, (N, D) float32 embeddings out."""
+    """The face and audio towers as ONNX Runtime sessions: numpy in, (N, D) float32 embeddings out.
 
-    def __init__(self, face_tower: nn.Module, audio_tower: nn.Module, face_example: torch.Tensor,
+    The face tower takes its inputs in the order of `face_examples` (crops, lip points or both)."""
+
+    def __init__(self, face_tower: nn.Module, audio_tower: nn.Module, face_examples: dict[str, torch.Tensor],
                  audio_example: torch.Tensor, threads: int) -> None:
-        self._faces = cpu_session(export_onnx(face_tower, face_example), threads)
-        self._audio = cpu_session(export_onnx(audio_tower, audio_example), threads)
+        self._face_names = list(face_examples)
+        self._faces = cpu_session(export_onnx(face_tower, face_examples), threads)
+        self._audio = cpu_session(export_onnx(audio_tower, {"mels": audio_example}), threads)
 
-    def faces(self, windows: np.ndarray) -> np.ndarray:
-        return self._faces.run(None, {"input": windows})[0]
+    def faces(self, *inputs: np.ndarray) -> np.ndarray:
+        return self._faces.run(None, dict(zip(self._face_names, inputs)))[0]
 
     def audio(self, mels: np.ndarray) -> np.ndarray:
-        return self._audio.run(None, {"input": mels})[0]
+        return self._audio.run(None, {"mels": mels})[0]

@@ -126,16 +126,18 @@ def bench_speed(videos: dict[int, Path], variants: list[Variant], config_file: P
 
 def measure_model(scorer: SyncScorer, faces: list[int], calls: int = 30) -> dict[int, float]:
     """Milliseconds per `score` call (one audio window, N face windows) on random input, after a warm-up:
-    the model's share alone, and how many tracks it could score 25 times a second."""
+    the model's share alone (FaceMesh, for a model that reads lip points, is the engine's `lips` stage),
+    and how many tracks it could score 25 times a second."""
     rng = np.random.default_rng(0)
     mel = rng.standard_normal((80, 16)).astype(np.float32)
     timings = {}
     for n in faces:
         windows = rng.integers(0, 256, (n, 5, 48, 96, 3), dtype=np.uint8)
-        scorer.score(windows, mel)
+        lips = rng.normal(0.0, 0.5, (n, 5, 42, 2)).astype(np.float32) if scorer.needs_lips else None
+        scorer.score(windows, mel, lips)
         start = time.perf_counter()
         for _ in range(calls):
-            scorer.score(windows, mel)
+            scorer.score(windows, mel, lips)
         timings[n] = (time.perf_counter() - start) * 1000.0 / calls
     return timings
 

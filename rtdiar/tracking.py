@@ -27,7 +27,7 @@ class FaceDetector:
 
     def __init__(self, cfg: DetectorConfig) -> None:
         self.cfg = cfg
-        with _native_stderr_silenced():  # TFLite and absl print start-up chatter no user needs
+        with native_stderr_silenced():  # TFLite and absl print start-up chatter no user needs
             import mediapipe as mp
 
             self._detector = mp.solutions.face_detection.FaceDetection(
@@ -67,7 +67,7 @@ class FaceDetector:
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
+def native_stderr_silenced() -> Iterator[None]:
     """Point file descriptor 2 at /dev/null for a moment: C++ libraries write there directly."""
     sys.stderr.flush()
     saved = os.dup(2)

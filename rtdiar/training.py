@@ -39,7 +39,8 @@ from rtdiar.dataset import DEFAULT_CACHE, PreparedClip, cache_path, find_clips, 
 from rtdiar.errors import RtdiarError
 from rtdiar.evaluate import roc_auc
 from rtdiar.inference import SyncScorer, load_scorer, pack_faces
-from rtdiar.model import build_model, pair_models, save_weights, weights_arch
+from rtdiar.lips import MIRRORED
+from rtdiar.model import build_model, face_inputs, pair_models, save_weights, weights_arch
 from rtdiar.offset import window_similarities
 
 DEFAULT_TRAIN_CONFIG = PROJECT_ROOT / "configs" / "train.yaml"
@@ -100,6 +101,11 @@ class AugmentRecipe:
     noise_floor: list
     codec: float
     codecs: list
+    lips_rotation_deg: float
+    lips_aspect: float
+    lips_shift: float
+    lips_jitter: float
+    lips_noise: float
 
 
 @dataclass
@@ -144,14 +150,19 @@ class ClipBank:
     `starts`, when given, are the video windows each clip may use (by default all of them); the
     audio always covers the whole segment. `coded`, when given, holds each clip's mel through lossy
     codecs (`prepare_coded`): a `coded_share` of the clips in a batch sound through one of them.
+    With `lips`, batches carry the windows' lip points too, and only windows with points on all
+    their frames are used.
     """
 
     def __init__(self, clips: list[PreparedClip], weights: np.ndarray, recipe: BatchRecipe,
                  starts: list[np.ndarray] | None = None, coded: list[np.ndarray] | None = None,
-                 coded_share: float = 0.0) -> None:
+                 coded_share: float = 0.0, lips: bool = False) -> None:
         self.recipe = recipe
+        self.lips = lips
         if starts is None:
             starts = [c.window_starts() for c in clips]  # once: they do not change between batches
+        if lips:
+            starts = [s[_lips_complete(c)[s]] for c, s in zip(clips, starts)]
         kept = np.array([len(s) >= 2 for s in starts])
         if not kept.any():
             raise RtdiarError("no training clip holds two 5-frame windows with a tracked face")
@@ -163,8 +174,9 @@ class ClipBank:
         self.weights /= self.weights.sum()
 
     def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """A batch: video windows (V, 5, 48, 96, 3) and audio windows (A, 80, 16), each with its clip and position."""
-        faces, mels, video_key, audio_key = [], [], [], []
+        """A batch: video windows (V, 5, 48, 96, 3) (with `lips`, their (V, 5, 42, 2) lip points too) and
+        audio windows (A, 80, 16), each with its clip and position."""
+        faces, lips, mels, video_key, audio_key = [], [], [], [], []
         count = min(self.recipe.clips, len(self.clips))
         for slot, index in enumerate(rng.choice(len(self.clips), count, replace=False, p=self.weights)):
             clip = self._sounding(index, rng)
@@ -175,11 +187,14 @@ class ClipBank:
             starts = starts[(starts >= first) & (starts <= last)]
             chosen = rng.choice(starts, min(len(starts), self.recipe.windows_per_clip), replace=False)
             faces += [clip.crops[k:k + 5] for k in chosen]
+            if self.lips:
+                lips += [clip.lips[k:k + 5] for k in chosen]
             video_key += [(slot, k) for k in chosen]
             mels.append(clip.mel_windows(positions))
             audio_key += [(slot, p) for p in positions]
-        return {"faces": np.stack(faces), "mels": np.concatenate(mels),
-                "video_key": np.array(video_key), "audio_key": np.array(audio_key)}
+        batch = {"faces": np.stack(faces), "mels": np.concatenate(mels),
+                 "video_key": np.array(video_key), "audio_key": np.array(audio_key)}
+        return {**batch, "lips": np.stack(lips)} if self.lips else batch
 
     def _sounding(self, index: int, rng: np.random.Generator) -> PreparedClip:
         """The clip, now and then with its sound through a codec. Without coded mels it draws no random
@@ -196,6 +211,14 @@ class ClipBank:
         last_start = len(clip.crops) - 5
         first = int(rng.integers(0, max(last_start - span, 0) + 1))
         return first, min(first + span, last_start)
+
+
+def _lips_complete(clip: PreparedClip, frames: int = 5) -> np.ndarray:
+    """(T,) bool: window starts whose `frames` frames all have lip points."""
+    if clip.lips is None:
+        raise RtdiarError(f"{clip.name} has no lip points: prepare it again")
+    complete = np.convolve(clip.lips_found().astype(int), np.ones(frames, int), "valid") == frames
+    return np.pad(complete, (0, frames - 1))
 
 
 def contrastive_loss(face_emb: torch.Tensor, audio_emb: torch.Tensor, video_key: torch.Tensor,
@@ -269,6 +292,25 @@ def augment_faces(faces: torch.Tensor, recipe: AugmentRecipe, generator: torch.G
     return (faces + noise).clamp(0.0, 1.0)
 
 
+def augment_lips(lips: torch.Tensor, recipe: AugmentRecipe, generator: torch.Generator) -> torch.Tensor:
+    """(N, 5, P, 2) eye-aligned lip points -> the same, mirrored, turned, zoomed, stretched, moved,
+    jittered per frame and noised: what a different face, a tilted head, the eye-line estimate and
+    FaceMesh's own wobble would change."""
+    n = lips.shape[0]
+    rand = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731 - local shorthand
+    mirrored = lips[:, :, list(MIRRORED)] * lips.new_tensor([-1.0, 1.0])
+    lips = torch.where((rand(n) < recipe.flip)[:, None, None, None], mirrored, lips)
+    angle = (2 * rand(n) - 1) * math.radians(recipe.lips_rotation_deg)
+    scale = 1.0 + (2 * rand(n) - 1) * recipe.scale
+    aspect = 1.0 + (2 * rand(n) - 1) * recipe.lips_aspect
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    matrix = torch.stack([torch.stack([cos * aspect, -sin * aspect], 1), torch.stack([sin, cos], 1)], 1)
+    shift = (2 * rand(n, 1, 1, 2) - 1) * recipe.lips_shift
+    jitter = recipe.lips_jitter * torch.randn(n, lips.shape[1], 1, 2, generator=generator)
+    noise = recipe.lips_noise * torch.randn(lips.shape, generator=generator)
+    return torch.einsum("nij,ntpj->ntpi", matrix * scale[:, None, None], lips) + shift + jitter + noise
+
+
 def _gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     taps = torch.arange(-2, 3, dtype=images.dtype)
     kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
@@ -295,10 +337,14 @@ class WindowAUC:
     """In-sync vs off-sync window AUC on a fixed set of validation windows (other people)."""
 
     def __init__(self, clips: list[PreparedClip], recipe: ValidationRecipe) -> None:
-        faces, mels, pairs = [], [], []
+        faces, lips, mels, pairs = [], [], [], []
+        with_lips = all(clip.lips is not None for clip in clips)
         for clip in clips:
             starts = clip.window_starts()
-            for k in starts[np.linspace(0, len(starts) - 1, min(len(starts), recipe.windows_per_clip)).astype(int)]:
+            chosen = starts[np.linspace(0, len(starts) - 1, min(len(starts), recipe.windows_per_clip)).astype(int)]
+            if with_lips and len(chosen):
+                lips.append(clip.lips_windows(chosen))
+            for k in chosen:
                 face = len(faces)
                 faces.append(clip.crops[k:k + 5])
                 for shift in [0, *recipe.off_shifts]:
@@ -308,18 +354,25 @@ class WindowAUC:
         if not pairs:
             raise RtdiarError("no validation window found: check data.validation")
         self.faces = torch.from_numpy(np.stack(faces))
+        self.lips = torch.from_numpy(np.concatenate(lips)) if with_lips else None
         self.mels = torch.from_numpy(np.stack(mels)).unsqueeze(1)
         self.pairs = np.array(pairs)
 
     @torch.inference_mode()
     def __call__(self, model: nn.Module) -> float:
         model.eval()
-        face_emb = torch.cat([model.embed_faces(pack_faces(self.faces[i:i + 256])) for i in range(0, len(self.faces), 256)])
+        face_emb = torch.cat([model.embed_faces(*self._face_inputs(model, slice(i, i + 256)))
+                              for i in range(0, len(self.faces), 256)])
         audio_emb = torch.cat([model.embed_audio(self.mels[i:i + 1024]) for i in range(0, len(self.mels), 1024)])
         model.train()
         scores = (face_emb[self.pairs[:, 0]] * audio_emb[self.pairs[:, 1]]).sum(1).numpy()
         in_sync = self.pairs[:, 2].astype(bool)
         return roc_auc(scores[in_sync], scores[~in_sync])
+
+    def _face_inputs(self, model: nn.Module, part: slice) -> list[torch.Tensor]:
+        if "lips" in face_inputs(model) and self.lips is None:
+            raise RtdiarError("the validation clips have no lip points: prepare them again")
+        return [pack_faces(self.faces[part]) if name == "crops" else self.lips[part] for name in face_inputs(model)]
 
 
 def in_sync_starts(clips: list[PreparedClip], scorer: SyncScorer, tolerance: int,
@@ -367,13 +420,18 @@ def check_choices(recipe: TrainConfig) -> None:
         raise RtdiarError(f"augment.codec must be in [0, 1] with augment.codecs listed, not {recipe.augment.codec}")
 
 
-def check_pairable(recipe: TrainConfig) -> None:
-    """A pair is two `compact` models: refuse any other before the run, not after it."""
+# the ensemble arch `pair_with` ships, by (the earlier model's arch, the run's arch)
+PAIRS = {("compact", "compact"): "compact_pair", ("compact", "lips"): "compact_lips"}
+
+
+def pair_arch(recipe: TrainConfig) -> str:
+    """The ensemble a `pair_with` recipe ships: refuse a pairing there is none for before the run, not after it."""
     first = first_model("pair_with", recipe.path(recipe.pair_with))
-    archs = {"the run": recipe.arch, str(first): weights_arch(first) or "not an rtdiar file"}
-    for what, arch in archs.items():
-        if arch != "compact":
-            raise RtdiarError(f"pair_with pairs two compact models, but {what} is '{arch}'")
+    members = (weights_arch(first) or "not an rtdiar file", recipe.arch)
+    if members not in PAIRS:
+        known = "; ".join(f"{a} + {b}" for a, b in PAIRS)
+        raise RtdiarError(f"pair_with pairs {known}, not {str(first)}'s '{members[0]}' with the run's '{members[1]}'")
+    return PAIRS[members]
 
 
 def recipe_clips(entries: list[str], recipe: TrainConfig) -> list[Path]:
@@ -414,13 +472,14 @@ def training_bank(recipe: TrainConfig, config: Config) -> ClipBank:
     clips, videos = load_clips(recipe.data.train, recipe, config, held_out)
     weights = np.array([recipe.data.folder_weights.get(video.parent.name, 1.0) for video in videos])
     coded = coded_mels(videos, recipe, config)
+    lips = "lips" in face_inputs(build_model(recipe.arch))
     if not recipe.data.sync_filter:
-        return ClipBank(clips, weights, recipe.batch, coded=coded, coded_share=recipe.augment.codec)
+        return ClipBank(clips, weights, recipe.batch, coded=coded, coded_share=recipe.augment.codec, lips=lips)
     scorer = filter_scorer(recipe.path(recipe.data.sync_filter), config.model)
     starts = in_sync_starts(clips, scorer, recipe.data.sync_tolerance, config.window)
     total = sum(len(c.window_starts()) for c in clips)
     print(f"rtdiar: the first model keeps {sum(map(len, starts))} of {total} training windows")
-    return ClipBank(clips, weights, recipe.batch, starts, coded, recipe.augment.codec)
+    return ClipBank(clips, weights, recipe.batch, starts, coded, recipe.augment.codec, lips)
 
 
 def train_model(recipe: TrainConfig, config: Config, out: Path | None = None,
@@ -433,8 +492,7 @@ def train_model(recipe: TrainConfig, config: Config, out: Path | None = None,
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise RtdiarError(f"run folder {run_dir} is not empty: pass --resume to continue it, or set run_dir")
     check_choices(recipe)
-    if recipe.pair_with:
-        check_pairable(recipe)
+    ensemble = pair_arch(recipe) if recipe.pair_with else None
     run_dir.mkdir(parents=True, exist_ok=True)
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
@@ -447,22 +505,23 @@ def train_model(recipe: TrainConfig, config: Config, out: Path | None = None,
     kept = trainer.fit(bank, validate)
     if validate is not None:
         print(f"rtdiar: best validation AUC {trainer.best_auc:.3f} at step {trainer.best_step}")
-    if recipe.pair_with:
-        write_pair(recipe.path(recipe.pair_with), kept, out, validate)
+    if ensemble:
+        write_pair(recipe.path(recipe.pair_with), kept, out, validate, ensemble)
     else:
         shutil.copyfile(kept, out)
     print(f"rtdiar: weights in {out}")
     return out
 
 
-def write_pair(first: Path, second: Path, out: Path, validate: WindowAUC | None) -> None:
-    """Ship the run's model paired with an earlier one (`pair_with`), with the pair's own AUC when there is validation."""
-    pair = pair_models(first, second)
+def write_pair(first: Path, second: Path, out: Path, validate: WindowAUC | None, arch: str) -> None:
+    """Ship the run's model paired with an earlier one (`pair_with`) as the ensemble `arch`, with the
+    pair's own AUC when there is validation."""
+    pair = pair_models(first, second, arch)
     metadata, note = {"members": f"{first.name}, {second.name}"}, ""
     if validate is not None:
         auc = validate(pair)
         metadata["validation_auc"], note = f"{auc:.4f}", f": validation AUC {auc:.3f}"
-    save_weights(pair, out, "compact_pair", metadata)
+    save_weights(pair, out, arch, metadata)
     print(f"rtdiar: paired with {first}{note}")
 
 
@@ -533,10 +592,9 @@ class _Trainer:
         lr = learning_rate(self.recipe.optim, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        crops = compress_faces(batch["faces"], self.recipe.augment, self.generator)
-        faces = augment_faces(pack_faces(torch.from_numpy(crops)), self.recipe.augment, self.generator)
+        faces = [self._augmented(name, batch) for name in face_inputs(self.model)]
         mels = augment_mels(torch.from_numpy(batch["mels"]).unsqueeze(1), self.recipe.augment, self.generator)
-        audio_emb, face_emb = self.model(mels, faces)
+        audio_emb, face_emb = self.model(mels, *faces)
         loss = contrastive_loss(face_emb, audio_emb, torch.from_numpy(batch["video_key"]),
                                 torch.from_numpy(batch["audio_key"]), self.logit_scale, self.recipe.batch.ambiguous_shift,
                                 self.recipe.batch.cross_clip_negatives)
@@ -546,6 +604,13 @@ class _Trainer:
         if self.ema is not None:
             self.ema.update_parameters(self.model)
         return loss.item()
+
+    def _augmented(self, name: str, batch: dict[str, np.ndarray]) -> torch.Tensor:
+        """The batch's face input `name` (crops or lips), augmented, as the model reads it."""
+        if name == "lips":
+            return augment_lips(torch.from_numpy(batch["lips"]), self.recipe.augment, self.generator)
+        crops = compress_faces(batch["faces"], self.recipe.augment, self.generator)
+        return augment_faces(pack_faces(torch.from_numpy(crops)), self.recipe.augment, self.generator)
 
     def _log_step(self, validate: WindowAUC | None, loss: float) -> None:
         """Log the step (with its validation AUC when there are validation clips) and checkpoint it."""

@@ -11,6 +11,7 @@ from collections import deque
 import numpy as np
 
 from rtdiar.config import WindowConfig
+from rtdiar.lips import fill_gaps
 
 MEL_FPS = 80.0  # Wav2Lip mel: hop 200 samples at 16 kHz
 MEL_WINDOW_S = 0.05  # 800-sample STFT window; frame m is centred on m / MEL_FPS
@@ -37,7 +38,8 @@ def audio_end_sample(t_end: float, cfg_window: WindowConfig, sample_rate: int) -
 
 
 class CropHistory:
-    """One track's recent mouth crops with their frame times, to resample windows at 25 fps.
+    """One track's recent mouth crops (and lip points, when the model reads them) with their frame
+    times, to resample windows at 25 fps.
 
     Keeps `keep_s` of crops: a window spans only 0.16 s, the rest lets a lagging scorer still
     find its frames.
@@ -45,11 +47,11 @@ class CropHistory:
 
     def __init__(self, keep_s: float = 1.5) -> None:
         self.keep_s = keep_s
-        self._items: deque[tuple[float, np.ndarray]] = deque()
+        self._items: deque[tuple[float, np.ndarray, np.ndarray | None]] = deque()
 
-    def add(self, t: float, crop: np.ndarray) -> None:
-        """Append the crop of the frame at time `t` (seconds, non-decreasing)."""
-        self._items.append((t, crop))
+    def add(self, t: float, crop: np.ndarray, lips: np.ndarray | None = None) -> None:
+        """Append the crop of the frame at time `t` (seconds, non-decreasing), with its lip points if found."""
+        self._items.append((t, crop, lips))
         while self._items[0][0] < t - self.keep_s:
             self._items.popleft()
 
@@ -57,13 +59,29 @@ class CropHistory:
                tolerance_s: float | None = None) -> np.ndarray | None:
         """`(frames, H, W, 3)` crops nearest to each target time, or None if any is not within
         tolerance (see `nearest_frames`)."""
+        nearest = self._nearest(t_end, frames, fps, tolerance_s)
+        return None if nearest is None else np.stack([self._items[i][1] for i in nearest])
+
+    def lips_window(self, t_end: float, frames: int = 5, fps: float = 25.0,
+                    tolerance_s: float | None = None) -> np.ndarray | None:
+        """`(frames, 42, 2)` lip points of the same frames as `window`, a frame FaceMesh missed taking
+        its nearest neighbour's; None where `window` is None or no frame of it has points."""
+        nearest = self._nearest(t_end, frames, fps, tolerance_s)
+        if nearest is None:
+            return None
+        points = [self._items[i][2] for i in nearest]
+        found = np.array([p is not None for p in points])
+        if not found.any():
+            return None
+        blank = np.zeros_like(points[int(np.argmax(found))])
+        return fill_gaps(np.stack([blank if p is None else p for p in points]), found)
+
+    def _nearest(self, t_end: float, frames: int, fps: float, tolerance_s: float | None) -> np.ndarray | None:
         if not self._items:
             return None
-        times = np.array([t for t, _ in self._items])
+        times = np.array([t for t, _, _ in self._items])
         nearest = nearest_frames(times, window_times(t_end, frames, fps), fps, tolerance_s)
-        if np.any(nearest < 0):
-            return None
-        return np.stack([self._items[i][1] for i in nearest])
+        return None if np.any(nearest < 0) else nearest
 
 
 def nearest_frames(times: np.ndarray, targets: np.ndarray, fps: float = 25.0,

@@ -78,6 +78,11 @@ def test_cache_is_reused_and_keyed_by_the_settings(short_clips, tmp_path):
     stamps = [p.stat().st_mtime_ns for p in paths]
     assert prepare_clips(clips, tmp_path, config, workers=1) == paths
     assert [p.stat().st_mtime_ns for p in paths] == stamps  # not prepared again
+    clip = PreparedClip.load(paths[0])  # prepared clips carry the lip points of their track, frame by frame
+    assert clip.lips.shape == (len(clip.crops), 42, 2) and clip.lips_found().mean() > 0.9
+    np.testing.assert_array_equal(clip.lips_found(), ~np.isnan(clip.lips).any(axis=(1, 2)))
+    windows = clip.lips_windows(clip.window_starts())
+    assert windows.shape == (len(clip.window_starts()), 5, 42, 2) and np.isfinite(windows).all()
     loaded = PreparedClip.load(paths[0])
     assert loaded.name == "wild/a25" and loaded.crops.shape[1:] == (48, 96, 3) and loaded.face_px > 100
     other = load_config(overrides={"tracker.pad_bottom": 0.2})

@@ -17,14 +17,24 @@ from rtdiar.sources import FileSource
 class ConstantScorer:
     """Scores every face window the same and records what the engine fed it."""
 
+    needs_lips = False
+
     def __init__(self, value: float = 0.9) -> None:
         self.value = value
         self.calls: list[tuple[tuple, tuple]] = []
+        self.lips: list[np.ndarray] = []
 
-    def score(self, windows: np.ndarray, mel: np.ndarray) -> np.ndarray:
+    def score(self, windows: np.ndarray, mel: np.ndarray, lips: np.ndarray | None = None) -> np.ndarray:
         self.calls.append((windows.shape, mel.shape))
         assert windows.dtype == np.uint8 and mel.dtype == np.float32
+        assert (lips is not None) == self.needs_lips
+        if lips is not None:
+            self.lips.append(lips)
         return np.full(len(windows), self.value, dtype=np.float32)
+
+
+class LipsScorer(ConstantScorer):
+    needs_lips = True
 
 
 def _run(config, clip, pace="fast", scorer=None):
@@ -44,6 +54,17 @@ def test_fast_mode_gives_every_frame_in_order_with_one_stable_face(config, dev_c
     assert sum(len(r.faces) == 1 for r in results) >= 0.9 * len(results)
     # the model saw 5 lower-half crops per face and 0.2 s of mel, one batch per frame
     assert scorer.calls and all(w[1:] == (5, 48, 96, 3) and m == (80, 16) for w, m in scorer.calls)
+
+
+def test_a_model_that_reads_lips_gets_the_points_of_each_window(config, dev_clip):
+    results, scorer = _run(config, dev_clip, scorer=LipsScorer())
+    assert len(scorer.lips) == len(scorer.calls) > 0.8 * len(results)  # FaceMesh kept up with the tracked face
+    lips = np.concatenate(scorer.lips)
+    assert lips.shape[1:] == (5, 42, 2) and lips.dtype == np.float32 and np.isfinite(lips).all()
+    opening = lips[:, :, 25, 1] - lips[:, :, 35, 1]  # inner lower lip (14) below inner upper lip (13)
+    assert (opening > -0.01).all() and opening.max() > 0.1  # a talking mouth, measured in eye distances
+    nose, upper_lip, lower_lip, chin = (lips[:, :, i, 1] for i in (41, 15, 5, 40))  # y grows downwards
+    assert (0 < nose).all() and (nose < upper_lip).all() and (lower_lip < chin).all()  # a face the right way up
 
 
 def test_scores_wait_for_a_full_window_and_the_speaker_needs_speech(config, dev_clip):

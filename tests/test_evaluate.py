@@ -49,7 +49,9 @@ class TimeCodeScorer:
     def __init__(self, frames: int) -> None:
         self.dim = frames + 2 * GRID_PAD
 
-    def face_embeddings(self, windows: np.ndarray) -> np.ndarray:
+    needs_lips = False  # reads crops only, as the scorer of a pixel model
+
+    def face_embeddings(self, windows: np.ndarray, lips: np.ndarray | None = None) -> np.ndarray:
         return np.eye(self.dim, dtype=np.float32)[windows[:, 0, 0, 0, 0].astype(int) + GRID_PAD]
 
     def audio_embeddings(self, mels: np.ndarray) -> np.ndarray:
@@ -237,6 +239,7 @@ def test_held_out_measures_only_a_recipes_validation_clips_with_its_weights(smal
 
     from rtdiar.cli import main
     from rtdiar.config import PROJECT_ROOT
+    from rtdiar.model import weights_arch
 
     root = small_run[1]
     recipe = tmp_path / "fold.yaml"
@@ -246,5 +249,5 @@ def test_held_out_measures_only_a_recipes_validation_clips_with_its_weights(smal
     assert main(["evaluate", "--held-out", str(recipe), "--data", str(root), "--cache", str(root / "cache"),
                  "--json", str(out)]) == 0
     figures = json.loads(out.read_text())
-    assert figures["arch"] == "compact_pair" and figures["clips"] == 1
+    assert figures["arch"] == weights_arch(PROJECT_ROOT / "weights" / "rtdiar_syncnet.safetensors") and figures["clips"] == 1
     assert set(figures["window_auc"]["per_clip"]) == {"wild/grid_lbax4n"}

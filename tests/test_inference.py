@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from conftest import random_weights_file
 from rtdiar.cli import build_offset_parser, build_parser, config_from_args
 from rtdiar.config import PROJECT_ROOT, ModelConfig
 from rtdiar.errors import RtdiarError
@@ -34,6 +37,10 @@ def random_windows(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def random_mel(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(-4.0, 4.0, size=(80, 16)).astype(np.float32)
+
+
+def random_lips(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.normal(0.0, 0.5, size=(n, 5, 42, 2)).astype(np.float32)
 
 
 def wav2lip_face_input(window: np.ndarray) -> torch.Tensor:
@@ -141,10 +148,17 @@ def test_a_named_arch_must_match_the_weights_file(tmp_path):
 SHIPPED_WEIGHTS = PROJECT_ROOT / "weights" / "rtdiar_syncnet.safetensors"
 
 
-@pytest.fixture(scope="module", params=["shipped", "wav2lip"])
+@pytest.fixture(scope="module")
+def random_compact_pair(tmp_path_factory) -> Path:
+    """A random pixel ensemble (the shape the model shipped before the lips model)."""
+    return random_weights_file(tmp_path_factory.mktemp("weights"), "compact_pair")
+
+
+@pytest.fixture(scope="module", params=["shipped", "wav2lip", "compact_pair"])
 def both_runtimes(request) -> tuple[SyncScorer, SyncScorer]:
-    """The shipped model (a compact pair) and a random wav2lip one, each loaded once per runtime."""
-    weights = SHIPPED_WEIGHTS if request.param == "shipped" else request.getfixturevalue("random_weights")
+    """The shipped model (compact + lips), a random wav2lip and a random compact pair, each loaded once per runtime."""
+    weights = {"shipped": lambda: SHIPPED_WEIGHTS, "wav2lip": lambda: request.getfixturevalue("random_weights"),
+               "compact_pair": lambda: request.getfixturevalue("random_compact_pair")}[request.param]()
     return tuple(load_scorer(model_config(weights, runtime=runtime)) for runtime in ("torch", "onnx"))
 
 
@@ -154,20 +168,27 @@ def test_onnx_runtime_scores_and_embeds_as_torch(both_runtimes, rng, faces):
     assert (eager.runtime, onnx.runtime) == ("torch", "onnx")
     assert not onnx.model.training  # exporting must leave the model it carries as it was: batch norm off
     windows, mel = random_windows(rng, faces), random_mel(rng)
+    lips = random_lips(rng, faces) if eager.needs_lips else None
     mels = np.stack([mel, random_mel(rng), random_mel(rng)])
-    scores = onnx.score(windows, mel)
+    scores = onnx.score(windows, mel, lips)
     assert scores.shape == (faces,) and scores.dtype == np.float32
-    np.testing.assert_allclose(scores, eager.score(windows, mel), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(scores, eager.score(windows, mel, lips), rtol=0, atol=1e-4)
     # batch 2 splits the faces unevenly: every batch size the session sees must give the same vectors
-    np.testing.assert_allclose(onnx.face_embeddings(windows, batch=2), eager.face_embeddings(windows),
+    np.testing.assert_allclose(onnx.face_embeddings(windows, lips, batch=2), eager.face_embeddings(windows, lips),
                                rtol=0, atol=1e-4)
     np.testing.assert_allclose(onnx.audio_embeddings(mels, batch=2), eager.audio_embeddings(mels), rtol=0, atol=1e-4)
 
 
 def test_onnx_scorer_refuses_bad_windows_as_torch_does(both_runtimes, rng):
-    with pytest.raises(ValueError, match="windows"):
-        both_runtimes[1].score(random_windows(rng, 2)[:, :4], random_mel(rng))
-    assert both_runtimes[1].score(random_windows(rng, 0), random_mel(rng)).shape == (0,)
+    for scorer in both_runtimes:
+        lips = random_lips(rng, 2) if scorer.needs_lips else None
+        with pytest.raises(ValueError, match="windows"):
+            scorer.score(random_windows(rng, 2)[:, :4], random_mel(rng), lips)
+        assert scorer.score(random_windows(rng, 0), random_mel(rng)).shape == (0,)
+        if scorer.needs_lips:  # a lips model without its points, or with another window's count of them
+            for wrong in (None, random_lips(rng, 3)):
+                with pytest.raises(ValueError, match="reads lip points"):
+                    scorer.score(random_windows(rng, 2), random_mel(rng), wrong)
 
 
 def test_auto_runtime_is_onnx_on_the_cpu_and_torch_for_the_baseline():

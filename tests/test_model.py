@@ -191,3 +191,25 @@ def test_a_pair_scores_the_mean_of_its_members_cosines_and_round_trips(tmp_path)
         torch.testing.assert_close(again.eval()(audio, faces)[1], f)
     with pytest.raises(RtdiarError, match="compact_pair"):
         load_weights(build_model("compact"), tmp_path / "pair.safetensors")
+
+
+def test_the_pixel_and_lips_ensemble_reads_both_inputs_and_scores_the_mean_of_its_members(tmp_path):
+    paths = []
+    for arch in ("compact", "lips"):
+        paths.append(tmp_path / f"{arch}.safetensors")
+        save_weights(build_model(arch).eval(), paths[-1], arch, {})
+    ensemble = pair_models(*paths, arch="compact_lips").eval()
+    assert ensemble.face_inputs == ("crops", "lips")
+    faces, lips, audio = torch.rand(3, 15, 48, 96), torch.randn(3, 5, 42, 2), torch.randn(3, 1, 80, 16)
+    pixels, points = ensemble.members
+    with torch.no_grad():
+        members = [(pixels.embed_faces(faces) * pixels.embed_audio(audio)).sum(1),
+                   (points.embed_faces(lips) * points.embed_audio(audio)).sum(1)]
+        a, f = ensemble(audio, faces, lips)
+        torch.testing.assert_close((a * f).sum(1), (members[0] + members[1]) / 2)
+        torch.testing.assert_close(f.norm(dim=1), torch.ones(3))
+        moved = lips.clone()
+        moved[:, 2, :40, 1] += 0.1  # the lips part in the middle frame: the lips member sees it
+        assert not torch.allclose(points.embed_faces(moved), points.embed_faces(lips))
+    with pytest.raises(RtdiarError, match="not an rtdiar file|do not fit|'lips'"):
+        pair_models(paths[1], paths[0], arch="compact_lips")  # members in the wrong order

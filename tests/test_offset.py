@@ -76,7 +76,9 @@ class OracleScorer:
         self._sound = {_window_key(padded.crops[k:k + frames]): _sound_vector(padded.mel_window(k))
                        for k in padded.window_starts(frames)}
 
-    def face_embeddings(self, windows: np.ndarray) -> np.ndarray:
+    needs_lips = False  # reads crops only, as the scorer of a pixel model
+
+    def face_embeddings(self, windows: np.ndarray, lips: np.ndarray | None = None) -> np.ndarray:
         return np.stack([self._sound[_window_key(window)] for window in windows])
 
     def audio_embeddings(self, mels: np.ndarray) -> np.ndarray:

@@ -72,7 +72,9 @@ class _StampScorer:
         angle = 2 * np.pi * np.asarray(t, float) / 60.0
         return np.stack([np.cos(angle), np.sin(angle)], axis=1)
 
-    def face_embeddings(self, windows: np.ndarray) -> np.ndarray:
+    needs_lips = False  # reads crops only, as the scorer of a pixel model
+
+    def face_embeddings(self, windows: np.ndarray, lips: np.ndarray | None = None) -> np.ndarray:
         first = windows[:, 0, 0, 0].astype(float)
         return self._circle(first[:, 0] + first[:, 1])
 
@@ -279,7 +281,7 @@ def test_a_run_cleaned_by_a_first_model(tiny_recipe, tmp_path, random_weights, c
 
 def test_a_run_paired_with_an_earlier_model_ships_the_pair(tiny_recipe, tmp_path, random_weights):
     tiny_recipe.pair_with = str(random_weights)  # a wav2lip file: refused before any training
-    with pytest.raises(RtdiarError, match="pairs two compact models.*'wav2lip'"):
+    with pytest.raises(RtdiarError, match="pair_with pairs .*'wav2lip' with the run's 'compact'"):
         train_model(tiny_recipe, load_config(), out=tmp_path / "first.safetensors")
     assert not (tmp_path / "run").exists()
     tiny_recipe.pair_with = None
@@ -339,3 +341,17 @@ def test_the_kfold_folds_split_dev_wild_into_three_disjoint_sets(shared_dir):
     people = ({"grid_id2_vcd_swwp2s.mpg", "grid_pwij3p.mpg"}, {f"phone_weather{i}.mp4" for i in (2, 3, 4)})
     for person in people:  # one person's clips, one fold
         assert sum(bool(person & fold) for fold in held_out) == 1
+
+
+def test_a_lips_run_paired_with_a_compact_model_ships_both(tiny_recipe, tmp_path):
+    first = train_model(tiny_recipe, load_config(), out=tmp_path / "first.safetensors")
+    tiny_recipe.arch, tiny_recipe.pair_with, tiny_recipe.run_dir = "lips", str(first), str(tmp_path / "lips")
+    out = train_model(tiny_recipe, load_config(), out=tmp_path / "fused.safetensors")
+    log = [json.loads(line) for line in (tmp_path / "lips" / "log.jsonl").read_text().splitlines()]
+    assert all(0.0 <= record["validation_auc"] <= 1.0 for record in log)  # validated on lip points
+    scorer = load_scorer(load_config(overrides={"model.weights": str(out)}).model)
+    assert scorer.model.arch == "compact_lips" and scorer.needs_lips
+    assert [m.arch for m in scorer.model.members] == ["compact", "lips"]
+    with pytest.raises(RtdiarError, match="pair_with pairs .*'compact_lips' with the run's 'lips'"):
+        tiny_recipe.pair_with, tiny_recipe.run_dir = str(out), str(tmp_path / "again")
+        train_model(tiny_recipe, load_config(), out=tmp_path / "again.safetensors")
