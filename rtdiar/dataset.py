@@ -10,6 +10,7 @@ setting never reuses stale crops.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -28,14 +29,14 @@ from tqdm import tqdm
 
 from rtdiar.audio import MEL_SILENCE, wav2lip_melspectrogram
 from rtdiar.config import Config
-from rtdiar.lips import LIPS_SHAPE, LipLandmarker, fill_gaps
+from rtdiar.lips import LIPS_SHAPE, LIPS_VERSION, LipLandmarker, fill_gaps
 from rtdiar.media import lossy_round_trip
 from rtdiar.sources import FileSource
 from rtdiar.tracking import FaceDetector, IoUTracker, ShotCuts, crop_mouth_region
 from rtdiar.windows import MEL_FPS, mel_start_index, nearest_frames
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rtdiar" / "prepared"
-PREP_VERSION = 3  # bump when the preprocessing code changes what it writes (2: face_px, 3: lips)
+PREP_VERSION = 2  # bump when the preprocessing code changes what it writes (2: face_px)
 CODED_BATCH = 40  # clips whose sound goes through a codec in one ffmpeg round trip
 CODED_GAP_S = 0.5  # silence between them, so a codec's frames never straddle two clips
 VIDEO_SUFFIXES = (".mp4", ".mpg", ".avi", ".mov", ".mkv", ".webm")
@@ -140,17 +141,18 @@ def find_clips(entries: Sequence[str | Path]) -> list[Path]:
     return sorted(p for p in found if p.suffix.lower() in VIDEO_SUFFIXES)
 
 
-def prep_digest(config: Config, scale: float = 1.0) -> str:
-    """A short hash of every setting that shapes a prepared clip (`scale`: see `track_clip`)."""
+def prep_digest(config: Config, scale: float = 1.0, lips: bool = False) -> str:
+    """A short hash of every setting that shapes a prepared clip (`scale`: see `track_clip`; `lips`:
+    clips with lip points are cached apart, so a model that does not read them never waits for FaceMesh)."""
     shaping = {"version": PREP_VERSION, "detector": dataclasses.asdict(config.detector),
                "tracker": dataclasses.asdict(config.tracker), "window": dataclasses.asdict(config.window),
-               "sample_rate": config.audio.sample_rate, "frame_scale": scale}
+               "sample_rate": config.audio.sample_rate, "frame_scale": scale, **({"lips": LIPS_VERSION} if lips else {})}
     return hashlib.sha1(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def cache_path(clip: Path, cache_dir: Path, config: Config, scale: float = 1.0) -> Path:
+def cache_path(clip: Path, cache_dir: Path, config: Config, scale: float = 1.0, lips: bool = False) -> Path:
     """Where a clip's prepared track lives: named by its folder and stem, under the settings hash."""
-    return cache_dir / prep_digest(config, scale) / clip.parent.name / f"{clip.stem}.npz"
+    return cache_dir / prep_digest(config, scale, lips) / clip.parent.name / f"{clip.stem}.npz"
 
 
 def track_clip(clip: Path, config: Config, detector: FaceDetector, scale: float = 1.0,
@@ -192,7 +194,7 @@ def track_clip(clip: Path, config: Config, detector: FaceDetector, scale: float 
                         first_frame=int(grid[0]), mel=mel, fps=fps, face_px=face_px, lips=lips)
 
 
-def _prepare_one(clip: Path, out: Path, config: Config, detector: FaceDetector, landmarker: LipLandmarker,
+def _prepare_one(clip: Path, out: Path, config: Config, detector: FaceDetector, landmarker: LipLandmarker | None,
                  scale: float) -> None:
     prepared = track_clip(clip, config, detector, scale, landmarker)
     if prepared is None:
@@ -202,21 +204,23 @@ def _prepare_one(clip: Path, out: Path, config: Config, detector: FaceDetector, 
         prepared.save(out)
 
 
-def _prepare_batch(jobs: list[tuple[Path, Path]], config: Config, scale: float) -> int:
-    """Prepare clips with one detector and landmarker (a worker process's whole share, or everything in-process)."""
-    with FaceDetector(config.detector) as detector, LipLandmarker() as landmarker:
+def _prepare_batch(jobs: list[tuple[Path, Path]], config: Config, scale: float, lips: bool) -> int:
+    """Prepare clips with one detector (and landmarker) for a worker process's whole share, or everything in-process."""
+    with FaceDetector(config.detector) as detector, \
+            LipLandmarker() if lips else contextlib.nullcontext() as landmarker:
         for clip, out in jobs:
             _prepare_one(clip, out, config, detector, landmarker, scale)
     return len(jobs)
 
 
 def prepare_clips(clips: Sequence[Path], cache_dir: Path, config: Config, workers: int = 2,
-                  scale: float = 1.0) -> list[Path]:
-    """Prepare the clips not cached yet (in `workers` processes); the cached paths of those with a face."""
-    targets = [(clip, cache_path(clip, cache_dir, config, scale)) for clip in clips]
+                  scale: float = 1.0, lips: bool = False) -> list[Path]:
+    """Prepare the clips not cached yet (in `workers` processes), with their lip points if asked; the
+    cached paths of those with a face."""
+    targets = [(clip, cache_path(clip, cache_dir, config, scale, lips)) for clip in clips]
     todo = [(clip, out) for clip, out in targets if not out.exists() and not out.with_suffix(".noface").exists()]
     _in_workers(_prepare_batch, [todo[i:i + 8] for i in range(0, len(todo), 8)], workers, "preparing clips",
-                config, scale)
+                config, scale, lips)
     return [out for _, out in targets if out.exists()]
 
 

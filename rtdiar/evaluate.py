@@ -306,10 +306,10 @@ def crowd_figure(results: list[FrameResult]) -> dict:
 def load_dev_clips(clip_paths: list[Path], cache_dir: Path, config: Config, scorer: SyncScorer,
                    scale: float = 1.0) -> tuple[list[ClipEmbeddings], list[str]]:
     """The clips prepared (cached) and embedded; the names of those with no usable face track."""
-    dataset.prepare_clips(clip_paths, cache_dir, config, scale=scale)
+    dataset.prepare_clips(clip_paths, cache_dir, config, scale=scale, lips=scorer.needs_lips)
     embedded, skipped = [], []
     for path in tqdm(clip_paths, desc="embedding dev clips", unit="clip"):
-        npz = dataset.cache_path(path, cache_dir, config, scale)
+        npz = dataset.cache_path(path, cache_dir, config, scale, scorer.needs_lips)
         clip = PreparedClip.load(npz) if npz.exists() else None
         wave = FileSource(path, None, "fast", config.video, config.audio).aligned_audio() if clip else None
         result = embed_clip(clip, wave, scorer, config) if clip else None

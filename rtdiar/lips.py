@@ -24,6 +24,7 @@ _HALF_MIRROR = {61: 291, 146: 375, 91: 321, 181: 405, 84: 314, 37: 267, 39: 269,
 _MIRROR = {**_HALF_MIRROR, **{b: a for a, b in _HALF_MIRROR.items()}}
 # the point each point becomes in the mirror image (a horizontal flip also negates x)
 MIRRORED = tuple(LIP_POINTS.index(_MIRROR.get(p, p)) for p in LIP_POINTS)
+LIPS_VERSION = 1  # bump when the points change (which points, the ROI, the alignment): prepared clips hash it
 ROI_PX = 256  # FaceMesh works on its own 192 px input; the track's box grown by ROI_GROWTH is cut to this
 ROI_GROWTH = 1.7  # the detector's box is tight: FaceMesh wants the whole head with a margin
 

@@ -445,11 +445,16 @@ def load_clips(entries: list[str], recipe: TrainConfig, config: Config,
     clips = [clip for clip in recipe_clips(entries, recipe) if clip.resolve() not in leave_out]
     if not clips:
         raise RtdiarError(f"no video files in {', '.join(entries)}" + (" outside data.validation" if leave_out else ""))
-    cache = recipe_cache(recipe)
-    prepare_clips(clips, cache, config, recipe.prepare_workers)
-    found = [(clip, path) for clip in clips if (path := cache_path(clip, cache, config)).exists()]  # with a face
+    cache, lips = recipe_cache(recipe), reads_lips(recipe)
+    prepare_clips(clips, cache, config, recipe.prepare_workers, lips=lips)
+    found = [(clip, path) for clip in clips if (path := cache_path(clip, cache, config, lips=lips)).exists()]  # with a face
     loaded = [PreparedClip.load(path) for _, path in tqdm(found, desc="loading clips", unit="clip")]
     return loaded, [clip for clip, _ in found]
+
+
+def reads_lips(recipe: TrainConfig) -> bool:
+    """Whether the run's model reads lip points: then its clips are prepared with them (FaceMesh)."""
+    return "lips" in face_inputs(build_model(recipe.arch))
 
 
 def recipe_cache(recipe: TrainConfig) -> Path:
@@ -472,7 +477,7 @@ def training_bank(recipe: TrainConfig, config: Config) -> ClipBank:
     clips, videos = load_clips(recipe.data.train, recipe, config, held_out)
     weights = np.array([recipe.data.folder_weights.get(video.parent.name, 1.0) for video in videos])
     coded = coded_mels(videos, recipe, config)
-    lips = "lips" in face_inputs(build_model(recipe.arch))
+    lips = reads_lips(recipe)
     if not recipe.data.sync_filter:
         return ClipBank(clips, weights, recipe.batch, coded=coded, coded_share=recipe.augment.codec, lips=lips)
     scorer = filter_scorer(recipe.path(recipe.data.sync_filter), config.model)

@@ -34,22 +34,17 @@ def config() -> Config:
     return load_config()
 
 
-def random_weights_file(folder: Path, arch: str) -> Path:
-    """Weights of `arch` the tests initialise themselves: enough to exercise every path but the accuracy."""
+@pytest.fixture(scope="session")
+def random_weights(tmp_path_factory) -> Path:
+    """Weights the tests initialise themselves: enough to exercise every path but the accuracy."""
     import torch
 
     from rtdiar.model import build_model, save_weights
 
     torch.manual_seed(0)
-    path = folder / f"random_{arch}.safetensors"
-    save_weights(build_model(arch), path, arch, {"note": "random initialisation, tests only"})
+    path = tmp_path_factory.mktemp("weights") / "random_wav2lip.safetensors"
+    save_weights(build_model("wav2lip"), path, "wav2lip", {"note": "random initialisation, tests only"})
     return path
-
-
-@pytest.fixture(scope="session")
-def random_weights(tmp_path_factory) -> Path:
-    """Random Wav2Lip-size weights (see `random_weights_file`)."""
-    return random_weights_file(tmp_path_factory.mktemp("weights"), "wav2lip")
 
 
 def count_frames(path: Path) -> int:

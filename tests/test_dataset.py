@@ -78,16 +78,27 @@ def test_cache_is_reused_and_keyed_by_the_settings(short_clips, tmp_path):
     stamps = [p.stat().st_mtime_ns for p in paths]
     assert prepare_clips(clips, tmp_path, config, workers=1) == paths
     assert [p.stat().st_mtime_ns for p in paths] == stamps  # not prepared again
-    clip = PreparedClip.load(paths[0])  # prepared clips carry the lip points of their track, frame by frame
-    assert clip.lips.shape == (len(clip.crops), 42, 2) and clip.lips_found().mean() > 0.9
-    np.testing.assert_array_equal(clip.lips_found(), ~np.isnan(clip.lips).any(axis=(1, 2)))
-    windows = clip.lips_windows(clip.window_starts())
-    assert windows.shape == (len(clip.window_starts()), 5, 42, 2) and np.isfinite(windows).all()
     loaded = PreparedClip.load(paths[0])
+    assert loaded.lips is None  # FaceMesh runs only for a model that reads lip points
     assert loaded.name == "wild/a25" and loaded.crops.shape[1:] == (48, 96, 3) and loaded.face_px > 100
     other = load_config(overrides={"tracker.pad_bottom": 0.2})
     assert prep_digest(other) != prep_digest(config)
     assert cache_path(clips[0], tmp_path, other) != paths[0]
+
+
+def test_clips_prepared_with_lips_carry_them_frame_by_frame_in_a_cache_of_their_own(short_clips, tmp_path):
+    config = load_config()
+    clips = find_clips([short_clips])
+    plain = prepare_clips(clips, tmp_path, config, workers=1)
+    with_lips = prepare_clips(clips, tmp_path, config, workers=1, lips=True)
+    assert with_lips == [cache_path(c, tmp_path, config, lips=True) for c in clips] and set(with_lips).isdisjoint(plain)
+    clip, same = PreparedClip.load(with_lips[0]), PreparedClip.load(plain[0])
+    np.testing.assert_array_equal(clip.crops, same.crops)  # the same track, crops and mel
+    np.testing.assert_array_equal(clip.mel, same.mel)
+    assert clip.lips.shape == (len(clip.crops), 42, 2) and clip.lips_found().mean() > 0.9
+    np.testing.assert_array_equal(clip.lips_found(), ~np.isnan(clip.lips).any(axis=(1, 2)))
+    windows = clip.lips_windows(clip.window_starts())
+    assert windows.shape == (len(clip.window_starts()), 5, 42, 2) and np.isfinite(windows).all()
 
 
 def test_a_clip_without_a_face_is_remembered_and_skipped(tmp_path):

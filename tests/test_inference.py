@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from conftest import random_weights_file
 from rtdiar.cli import build_offset_parser, build_parser, config_from_args
 from rtdiar.config import PROJECT_ROOT, ModelConfig
 from rtdiar.errors import RtdiarError
@@ -148,17 +145,15 @@ def test_a_named_arch_must_match_the_weights_file(tmp_path):
 SHIPPED_WEIGHTS = PROJECT_ROOT / "weights" / "rtdiar_syncnet.safetensors"
 
 
-@pytest.fixture(scope="module")
-def random_compact_pair(tmp_path_factory) -> Path:
-    """A random pixel ensemble (the shape the model shipped before the lips model)."""
-    return random_weights_file(tmp_path_factory.mktemp("weights"), "compact_pair")
+SHIPPED_LIPS = PROJECT_ROOT / "weights" / "rtdiar_syncnet_lips.safetensors"
 
 
-@pytest.fixture(scope="module", params=["shipped", "wav2lip", "compact_pair"])
+@pytest.fixture(scope="module", params=["shipped", "lips", "wav2lip"])
 def both_runtimes(request) -> tuple[SyncScorer, SyncScorer]:
-    """The shipped model (compact + lips), a random wav2lip and a random compact pair, each loaded once per runtime."""
-    weights = {"shipped": lambda: SHIPPED_WEIGHTS, "wav2lip": lambda: request.getfixturevalue("random_weights"),
-               "compact_pair": lambda: request.getfixturevalue("random_compact_pair")}[request.param]()
+    """The two shipped models (the default compact pair, and compact + lips) and a random wav2lip one,
+    each loaded once per runtime."""
+    weights = {"shipped": SHIPPED_WEIGHTS, "lips": SHIPPED_LIPS}.get(request.param) \
+        or request.getfixturevalue("random_weights")
     return tuple(load_scorer(model_config(weights, runtime=runtime)) for runtime in ("torch", "onnx"))
 
 

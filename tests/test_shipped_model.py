@@ -14,7 +14,12 @@ from rtdiar.inference import load_scorer
 
 def test_the_default_config_loads_the_shipped_model():
     scorer = load_scorer(load_config().model)
-    assert scorer.model.arch == "compact_pair"
+    assert scorer.model.arch == "compact_pair" and not scorer.needs_lips  # pixels only: FaceMesh is not run
+
+
+def test_the_more_accurate_shipped_model_reads_pixels_and_lip_points():
+    scorer = load_scorer(load_config(overrides={"model.weights": "weights/rtdiar_syncnet_lips.safetensors"}).model)
+    assert scorer.model.arch == "compact_lips" and scorer.needs_lips
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +28,13 @@ def studio_clip(shared_dir):
     return shared_dir / "data" / "dev" / "wild" / "grid_sbia1a.mpg"
 
 
+@pytest.mark.parametrize("weights", ["weights/rtdiar_syncnet.safetensors", "weights/rtdiar_syncnet_lips.safetensors"])
 @pytest.mark.parametrize("delay_ms", [0, 200])
-def test_the_shipped_model_measures_a_known_audio_delay(studio_clip, tmp_path, capsys, delay_ms):
+def test_the_shipped_model_measures_a_known_audio_delay(studio_clip, tmp_path, capsys, delay_ms, weights):
     clip = tmp_path / "delayed.mkv"
     subprocess.run(["ffmpeg", "-v", "error", "-i", str(studio_clip), "-c:v", "copy",
                     "-af", f"adelay=delays={delay_ms}:all=1", "-c:a", "flac", str(clip)], check=True)
-    assert main(["offset", str(clip), "--json"]) == 0
+    assert main(["offset", str(clip), "--json", "--weights", weights]) == 0
     result = json.loads(capsys.readouterr().out)
     assert abs(result["offset_ms"] - delay_ms) <= 40  # within one 25 fps frame
     assert result["reliable"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from rtdiar.cli import main
+from rtdiar.config import load_config
 from rtdiar.engine import Diarizer
 from rtdiar.inference import load_scorer
 from rtdiar.sources import FileSource
@@ -17,13 +18,16 @@ from rtdiar.speed import Variant, parse_variants
 STAGES = {"decode", "detect", "track", "crop", "mel", "vad", "model", "decision"}
 
 
-def test_the_engine_times_every_stage_of_a_run(dev_clip: Path, config):
+@pytest.mark.parametrize("weights, extra", [("weights/rtdiar_syncnet.safetensors", set()),
+                                            ("weights/rtdiar_syncnet_lips.safetensors", {"lips"})])
+def test_the_engine_times_every_stage_of_a_run(dev_clip: Path, weights, extra):
+    """The lips model adds FaceMesh's stage; the default pixel pair does not run it."""
+    config = load_config(overrides={"model.weights": weights})
     source = FileSource(dev_clip, None, "fast", config.video, config.audio)
-    scorer = load_scorer(config.model)
-    diarizer = Diarizer(config, scorer)
+    diarizer = Diarizer(config, load_scorer(config.model))
     frames = sum(1 for _ in diarizer.run(source))
     per_frame = diarizer.times.per_frame_ms(frames)
-    assert set(per_frame) == STAGES | ({"lips"} if scorer.needs_lips else set())  # FaceMesh, for a model that reads lips
+    assert set(per_frame) == STAGES | extra
     assert all(ms > 0 for ms in per_frame.values())
 
 
