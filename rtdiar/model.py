@@ -190,8 +190,8 @@ class LipSyncNet(_OwnExpert):
 
     The face tower sees each frame's lip shape and its motion within the window, never pixels, so it
     cannot learn who the training faces are. A small MLP over the whole window (a temporal
-    convolution validated a little lower, 0.703 against 0.706 at step 3500, in a scratch run); the audio tower is the
-    compact model's.
+    convolution validated a little lower in a scratch run: 0.703 against 0.706 at step 3500); the
+    audio tower is the compact model's.
     """
 
     face_inputs = ("lips",)

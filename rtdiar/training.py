@@ -453,8 +453,10 @@ def load_clips(entries: list[str], recipe: TrainConfig, config: Config,
 
 
 def reads_lips(recipe: TrainConfig) -> bool:
-    """Whether the run's model reads lip points: then its clips are prepared with them (FaceMesh)."""
-    return "lips" in face_inputs(build_model(recipe.arch))
+    """Whether the run's model reads lip points: then its clips are prepared with them (FaceMesh).
+    The throwaway model is built on a forked random stream, so asking never changes the run's weights."""
+    with torch.random.fork_rng():
+        return "lips" in face_inputs(build_model(recipe.arch))
 
 
 def recipe_cache(recipe: TrainConfig) -> Path:

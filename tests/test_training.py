@@ -355,3 +355,17 @@ def test_a_lips_run_paired_with_a_compact_model_ships_both(tiny_recipe, tmp_path
     with pytest.raises(RtdiarError, match="pair_with pairs .*'compact_lips' with the run's 'lips'"):
         tiny_recipe.pair_with, tiny_recipe.run_dir = str(out), str(tmp_path / "again")
         train_model(tiny_recipe, load_config(), out=tmp_path / "again.safetensors")
+
+
+def test_asking_whether_a_run_reads_lips_leaves_its_random_stream_alone():
+    """The recipe's seed fixes the weights: building a throwaway model to read its inputs must not move it."""
+    from rtdiar.training import reads_lips
+
+    recipe = load_train_config()
+    for arch, lips in (("compact", False), ("lips", True)):
+        recipe.arch = arch
+        torch.manual_seed(0)
+        assert reads_lips(recipe) == lips
+        after = torch.rand(3)
+        torch.manual_seed(0)
+        torch.testing.assert_close(after, torch.rand(3))
