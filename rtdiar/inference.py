@@ -78,7 +78,8 @@ class FaceTower(nn.Module):
         self.inputs = face_inputs(model)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.model.embed_faces(*(pack_faces(x) if name == "crops" else x for name, x in zip(self.inputs, inputs)))
+        packed = (pack_faces(x) if name == "crops" else x for name, x in zip(self.inputs, inputs))
+        return self.model.embed_faces(*packed)
 
 
 class AudioTower(nn.Module):
@@ -164,7 +165,8 @@ class SyncScorer:
         """(N, 5, 48, 96, 3) uint8 crops (and their lip points, as `score`) -> (N, D) float32 unit vectors,
         for scoring many pairings at once (offset search, evaluation): the cosine of two embeddings is
         what `score` returns."""
-        parts = [self._towers.faces(*self._face_arrays(windows[i:i + batch], None if lips is None else lips[i:i + batch]))
+        parts = [self._towers.faces(*self._face_arrays(windows[i:i + batch],
+                                                       None if lips is None else lips[i:i + batch]))
                  for i in range(0, len(windows), batch)]
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
