@@ -103,13 +103,16 @@ class PreparedClip:
 
     def lips_windows(self, starts: np.ndarray, frames: int = 5) -> np.ndarray:
         """(len(starts), frames, 42, 2) lip points of the windows, each frame FaceMesh missed taking its
-        nearest neighbour's within the window, as the engine's `CropHistory.lips_window` does (zeros
+        nearest neighbour's within the window, as the engine's `CropHistory.window_with_lips` does (zeros
         for a window without any)."""
         if self.lips is None:
             raise ValueError(f"{self.name} has no lip points: prepare it again")
-        found = self.lips_found()
-        return np.stack([fill_gaps(np.nan_to_num(self.lips[k:k + frames]), found[k:k + frames])
-                         for k in np.asarray(starts, int)]).astype(np.float32)
+        frame = np.asarray(starts, int)[:, None] + np.arange(frames)
+        found = self.lips_found()[frame]
+        windows = np.nan_to_num(self.lips)[frame].astype(np.float32)
+        for i in np.flatnonzero(~found.all(axis=1)):  # only the few windows with a missed frame need filling
+            windows[i] = fill_gaps(windows[i], found[i])
+        return windows
 
     def tracked_share(self) -> float:
         """The share of the clip's 25 fps frames (its audio spans the whole clip) that have a real

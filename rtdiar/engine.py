@@ -246,16 +246,17 @@ class Diarizer:
         """One batched model call for every track with a full 5-frame window."""
         if mel is None:
             return {}
-        wcfg = self.config.window
+        wcfg, needs_lips = self.config.window, self.scorer.needs_lips
         ready = []
         for track in tracks:
-            window = histories[track.id].window(t, wcfg.frames, wcfg.fps)
-            lips = histories[track.id].lips_window(t, wcfg.frames, wcfg.fps) if self.scorer.needs_lips else None
-            if window is not None and (lips is not None or not self.scorer.needs_lips):
+            history = histories[track.id]
+            window, lips = history.window_with_lips(t, wcfg.frames, wcfg.fps) if needs_lips \
+                else (history.window(t, wcfg.frames, wcfg.fps), None)
+            if window is not None and (lips is not None or not needs_lips):
                 ready.append((track.id, window, lips))
         if not ready:
             return {}
-        lips = np.stack([points for _, _, points in ready]) if self.scorer.needs_lips else None
+        lips = np.stack([points for _, _, points in ready]) if needs_lips else None
         scores = self.scorer.score(np.stack([window for _, window, _ in ready]), mel, lips)
         return {tid: float(score) for (tid, _, _), score in zip(ready, scores)}
 

@@ -62,19 +62,21 @@ class CropHistory:
         nearest = self._nearest(t_end, frames, fps, tolerance_s)
         return None if nearest is None else np.stack([self._items[i][1] for i in nearest])
 
-    def lips_window(self, t_end: float, frames: int = 5, fps: float = 25.0,
-                    tolerance_s: float | None = None) -> np.ndarray | None:
-        """`(frames, 42, 2)` lip points of the same frames as `window`, a frame FaceMesh missed taking
-        its nearest neighbour's; None where `window` is None or no frame of it has points."""
+    def window_with_lips(self, t_end: float, frames: int = 5, fps: float = 25.0,
+                         tolerance_s: float | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """`window`'s crops and the same frames' `(frames, 42, 2)` lip points, from one lookup; a frame
+        FaceMesh missed takes its nearest neighbour's points. Either is None where there is none: no
+        window, or no frame of it with points."""
         nearest = self._nearest(t_end, frames, fps, tolerance_s)
         if nearest is None:
-            return None
+            return None, None
+        crops = np.stack([self._items[i][1] for i in nearest])
         points = [self._items[i][2] for i in nearest]
         found = np.array([p is not None for p in points])
         if not found.any():
-            return None
+            return crops, None
         blank = np.zeros_like(points[int(np.argmax(found))])
-        return fill_gaps(np.stack([blank if p is None else p for p in points]), found)
+        return crops, fill_gaps(np.stack([blank if p is None else p for p in points]), found)
 
     def _nearest(self, t_end: float, frames: int, fps: float, tolerance_s: float | None) -> np.ndarray | None:
         if not self._items:

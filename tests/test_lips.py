@@ -78,9 +78,9 @@ def test_a_history_window_fills_missed_frames_and_needs_one_with_points():
     crop = np.zeros((48, 96, 3), np.uint8)
     for k in range(5):
         history.add(k / 25.0, crop, None if k in (0, 3) else np.full(LIPS_SHAPE, k, np.float32))
-    window = history.lips_window(4 / 25.0)
+    window = history.window_with_lips(4 / 25.0)[1]
     assert window.shape == (5, *LIPS_SHAPE) and [float(f[0, 0]) for f in window] == [1, 1, 2, 2, 4]
     blind = CropHistory()
     for k in range(5):
         blind.add(k / 25.0, crop)
-    assert blind.window(4 / 25.0) is not None and blind.lips_window(4 / 25.0) is None
+    assert blind.window(4 / 25.0) is not None and blind.window_with_lips(4 / 25.0)[1] is None
