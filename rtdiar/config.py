@@ -83,6 +83,18 @@ class DecisionConfig:
     min_hold_s: float
     vad_threshold: float
     vad_hangover_s: float
+    cohort_shifts: list[int] | None
+
+    def __post_init__(self) -> None:
+        bounds = self.cohort_shifts
+        if bounds is not None and not (isinstance(bounds, list) and len(bounds) == 2
+                                       and all(type(b) is int for b in bounds) and 1 <= bounds[0] <= bounds[1]):
+            raise RtdiarError("config key 'decision.cohort_shifts' must be [first, last] whole frames with "
+                              f"1 <= first <= last, or null, got {bounds!r}")
+
+    def cohort(self) -> range | None:
+        """The shifts (frames) of the off-sync pairings each score is measured against (`rtdiar.cohort`)."""
+        return range(self.cohort_shifts[0], self.cohort_shifts[1] + 1) if self.cohort_shifts else None
 
 
 @dataclass

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from rtdiar.audio import AudioRing, MelBuffer, VoiceActivity
+from rtdiar.cohort import OffSyncCohort
 from rtdiar.config import Config
 from rtdiar.decision import CausalSmoother, SpeakerDecision
 from rtdiar.errors import RtdiarError
-from rtdiar.inference import SyncScorer
+from rtdiar.inference import WINDOW_SHAPE, SyncScorer
 from rtdiar.lips import LipLandmarker
 from rtdiar.sources import VideoFrame
 from rtdiar.timing import StageTimes
@@ -198,6 +199,7 @@ class Diarizer:
         tracker = IoUTracker(cfg.tracker)
         stream = _AudioFeatures(cfg, ring, self.times)
         smoother = CausalSmoother(cfg.decision.smooth_windows)
+        cohort = OffSyncCohort(shifts) if (shifts := cfg.decision.cohort()) else None
         decision = SpeakerDecision(cfg.decision)
         histories: dict[int, CropHistory] = {}
         while (item := self._take(detected)) is not None:
@@ -211,6 +213,8 @@ class Diarizer:
                 for ended in tracker.ended_ids():
                     histories.pop(ended, None)
                     smoother.forget(ended)
+                    if cohort is not None:
+                        cohort.forget(ended)
             with self.times.stage("crop"):
                 crops = [crop_mouth_region(frame.image, track.box, cfg.tracker, cfg.window.crop_px) for track in tracks]
             lips = [None] * len(tracks)
@@ -225,7 +229,7 @@ class Diarizer:
             raw = {}
             if frame.index % cfg.model.stride_frames == 0:
                 with self.times.stage("model"):
-                    raw = self._score(tracks, histories, frame.t, stream.mel_window(t_audio))
+                    raw = self._score(tracks, histories, frame.t, stream.mel_window(t_audio), cohort)
             with self.times.stage("decision"):
                 faces = [FaceResult(track.id, tuple(float(v) for v in track.box),
                                     smoother.add(track.id, raw[track.id]) if track.id in raw
@@ -241,9 +245,10 @@ class Diarizer:
             yield FrameResult(frame.index, frame.t, faces, speaker, self._latency_ms, speech,
                               frame.image, frame.capture_time)
 
-    def _score(self, tracks, histories: dict[int, CropHistory], t: float,
-               mel: np.ndarray | None) -> dict[int, float]:
-        """One batched model call for every track with a full 5-frame window."""
+    def _score(self, tracks, histories: dict[int, CropHistory], t: float, mel: np.ndarray | None,
+               cohort: OffSyncCohort | None) -> dict[int, float]:
+        """One batched model call for every track with a full 5-frame window; each score relative to
+        its off-sync pairings when there is a cohort (whose sound is embedded even with no face ready)."""
         if mel is None:
             return {}
         wcfg, needs_lips = self.config.window, self.scorer.needs_lips
@@ -254,11 +259,16 @@ class Diarizer:
                 else (history.window(t, wcfg.frames, wcfg.fps), None)
             if window is not None and (lips is not None or not needs_lips):
                 ready.append((track.id, window, lips))
-        if not ready:
+        if not ready and cohort is None:
             return {}
-        lips = np.stack([points for _, _, points in ready]) if needs_lips else None
-        scores = self.scorer.score(np.stack([window for _, window, _ in ready]), mel, lips)
-        return {tid: float(score) for (tid, _, _), score in zip(ready, scores)}
+        windows = np.stack([window for _, window, _ in ready]) if ready else np.zeros((0, *WINDOW_SHAPE), np.uint8)
+        lips = np.stack([points for _, _, points in ready]) if needs_lips and ready else None
+        faces, audio = self.scorer.embed(windows, mel, lips)
+        if cohort is None:
+            return {tid: float(face @ audio) for (tid, _, _), face in zip(ready, faces)}
+        step = int(round(t * wcfg.fps))
+        cohort.add_audio(step, audio)
+        return cohort.scores(step, {tid: face for (tid, _, _), face in zip(ready, faces)})
 
     def _audio_start(self, source, ring: AudioRing) -> float:
         """Timeline time of ring sample 0; a microphone sets it with its first block."""

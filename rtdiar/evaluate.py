@@ -9,6 +9,10 @@
 4. The engine itself on `dev/multi`: the singer in hamilton, and false alarms in a crowd nobody
    in which speaks.
 
+Figures 1 and 3 score windows as the engine does: relative to their off-sync pairings when
+`decision.cohort_shifts` is set (`rtdiar.cohort`), and they are also given on the model's raw
+cosine then. The offset search compares shifts of one window, so it reads the raw cosine.
+
 Figures 1 to 3 use the prepared clips (the engine's own tracker crops and mel, cached); every face
 window and every audio window is embedded once, and a pairing is a dot product. Everything is
 deterministic: same clips, same windows, same order.
@@ -30,6 +34,7 @@ from tqdm import tqdm
 
 from rtdiar import dataset
 from rtdiar.audio import MEL_SILENCE, VoiceActivity
+from rtdiar.cohort import relative_scores
 from rtdiar.config import PROJECT_ROOT, Config
 from rtdiar.dataset import PreparedClip
 from rtdiar.errors import RtdiarError
@@ -65,9 +70,10 @@ PERFORMER_FRAMES = ((0, 20), (82, 211))
 class ClipEmbeddings:
     """One dev clip's face windows and audio windows, embedded once for every figure.
 
-    Face window i starts at grid frame `starts[i]`; row `starts[i] - starts[0] + OFFSET_SEARCH + s`
+    Face window i starts at grid frame `starts[i]`; row `starts[i] - starts[0] + margin + s`
     of `audio[d]` is the audio window `s` frames later than it, with the clip's audio moved `d`
-    frames later (silence beyond the clip, as the offset tool pads).
+    frames later (silence beyond the clip, as the offset tool pads). The margin covers the offset
+    search and, before it, the engine's cohort of past sound (`decision.cohort_shifts`).
     """
 
     name: str
@@ -78,17 +84,30 @@ class ClipEmbeddings:
     inside: np.ndarray  # (n, len(OFF_SYNC_SHIFTS)) bool: the off-sync audio lies within the clip
     face_px: float  # median height of the tracked face box, in the frames the detector saw
     tracked: float  # share of the clip's frames with a tracked face
+    margin: int = OFFSET_SEARCH  # audio rows before the first window's own
 
     def similarities(self, applied_shift: int = 0) -> np.ndarray:
         """(n, 2 * OFFSET_SEARCH + 1): window i with the audio s = column - OFFSET_SEARCH frames later."""
-        rows = self.starts - self.starts[0]
+        rows = self._rows(-OFFSET_SEARCH)
         audio = self.audio[applied_shift]
         return np.stack([np.einsum("nd,nd->n", self.faces, audio[rows + j])
                          for j in range(2 * OFFSET_SEARCH + 1)], axis=1)
 
     def in_sync_audio(self) -> np.ndarray:
         """(n, D): each window's own audio."""
-        return self.audio[0][self.starts - self.starts[0] + OFFSET_SEARCH]
+        return self.audio[0][self._rows(0)]
+
+    def scores(self, cohort: range | None, shift: int = 0, faces: np.ndarray | None = None) -> np.ndarray:
+        """(n,) the engine's score of each window with the clip's sound `shift` frames later: relative
+        to its off-sync pairings with a cohort, else the raw cosine. `faces` (n, D) puts other faces,
+        in time order, on the same sound."""
+        faces = self.faces if faces is None else faces
+        if cohort is None:
+            return np.einsum("nd,nd->n", faces, self.audio[0][self._rows(shift)])
+        return relative_scores(faces, self.audio[0], self._rows(shift), cohort)
+
+    def _rows(self, shift: int) -> np.ndarray:
+        return self.starts - self.starts[0] + self.margin + shift
 
 
 def shift_mel(mel: np.ndarray, shift_frames: int, fps: float = 25.0) -> np.ndarray:
@@ -137,23 +156,24 @@ def embed_clip(clip: PreparedClip, wave: np.ndarray, scorer: SyncScorer, config:
     if len(starts) == 0:
         return None
     faces = clip_face_embeddings(clip, starts, scorer, frames)
-    grid = np.arange(starts[0] - OFFSET_SEARCH, starts[-1] + OFFSET_SEARCH + 1)
+    cohort = config.decision.cohort()
+    margin = OFFSET_SEARCH + (cohort[-1] if cohort else 0)
+    grid = np.arange(starts[0] - margin, starts[-1] + OFFSET_SEARCH + 1)
     audio = {shift: scorer.audio_embeddings(clip.mel_windows(grid, mel_frames, shift_mel(clip.mel, shift, clip.fps)))
              for shift in APPLIED_SHIFTS}
     inside = clip.audio_inside(starts[:, None] + np.array(OFF_SYNC_SHIFTS), mel_frames)
     return ClipEmbeddings(clip.name, starts, faces, audio, speech_windows(clip, starts, wave, config), inside,
-                          clip.face_px, clip.tracked_share())
+                          clip.face_px, clip.tracked_share(), margin)
 
 
-def window_auc_figure(clips: list[ClipEmbeddings]) -> dict:
+def window_auc_figure(clips: list[ClipEmbeddings], cohort: range | None = None) -> dict:
     """In sync vs off sync, over at most WINDOWS_PER_CLIP evenly spaced windows per clip."""
     positives, negatives, voiced_pos, voiced_neg, per_clip = [], [], [], [], {}
     for clip in clips:
         count = len(clip.starts)
         pick = np.unique(np.linspace(0, count - 1, min(count, WINDOWS_PER_CLIP)).round().astype(int))
-        sims = clip.similarities()[pick]
-        pos = sims[:, OFFSET_SEARCH]
-        off = sims[:, [OFFSET_SEARCH + s for s in OFF_SYNC_SHIFTS]]
+        pos = clip.scores(cohort)[pick]
+        off = np.stack([clip.scores(cohort, shift)[pick] for shift in OFF_SYNC_SHIFTS], axis=1)
         inside, voiced = clip.inside[pick], clip.voiced[pick]
         positives.append(pos)
         negatives.append(off[inside])
@@ -192,28 +212,22 @@ def offset_figure(clips: list[ClipEmbeddings], config: Config) -> dict:
             "per_clip": per_clip}
 
 
-def smoothed_pair_scores(a: ClipEmbeddings, b: ClipEmbeddings, smooth_windows: int) -> tuple[np.ndarray, np.ndarray]:
-    """A's audio scored with A's face and with B's face (B looped when shorter), window by window,
-    each averaged over the last `smooth_windows` windows as the engine does; kept at every time A's
-    audio is voiced and that much history exists.
+def smoothed_pair_scores(a: ClipEmbeddings, b: ClipEmbeddings, smooth_windows: int,
+                         cohort: range | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A's audio scored with A's face and with B's face (B looped when shorter, as one track), window
+    by window as the engine scores them, each averaged over the last `smooth_windows` scored windows
+    as the engine does; kept at every time A's audio is voiced and that much history exists.
 
     A clip's valid windows are taken as consecutive (a lost frame is rare and only joins two runs).
     """
     if len(a.starts) < smooth_windows:
         return np.zeros(0), np.zeros(0)
     kernel = np.ones(smooth_windows) / smooth_windows
-    audio = a.in_sync_audio()
     other_faces = b.faces[np.arange(len(a.starts)) % len(b.starts)]
-    own = np.convolve(np.einsum("nd,nd->n", a.faces, audio), kernel, "valid")
-    other = np.convolve(np.einsum("nd,nd->n", other_faces, audio), kernel, "valid")
+    own = np.convolve(a.scores(cohort), kernel, "valid")
+    other = np.convolve(a.scores(cohort, faces=other_faces), kernel, "valid")
     voiced = a.voiced[smooth_windows - 1:]
     return own[voiced], other[voiced]
-
-
-def ranked_first(a: ClipEmbeddings, b: ClipEmbeddings, smooth_windows: int) -> np.ndarray:
-    """At every voiced decision time of A's audio (see `smoothed_pair_scores`): is A's face first?"""
-    own, other = smoothed_pair_scores(a, b, smooth_windows)
-    return own > other
 
 
 def equal_error_threshold(speaking: np.ndarray, silent: np.ndarray) -> tuple[float, float]:
@@ -226,10 +240,11 @@ def equal_error_threshold(speaking: np.ndarray, silent: np.ndarray) -> tuple[flo
     return float(candidates[best]), float((miss[best] + accept[best]) / 2)
 
 
-def two_faces_figure(clips: list[ClipEmbeddings], smooth_windows: int) -> dict:
-    """`ranked_first` over every ordered pair (A, B) of different clips: the fraction of all decision
-    times, and of the pairs, where A is first (pairs with no voiced decision time left out)."""
-    scores = {(a.name, b.name): smoothed_pair_scores(a, b, smooth_windows)
+def two_faces_figure(clips: list[ClipEmbeddings], smooth_windows: int, cohort: range | None = None) -> dict:
+    """Over every ordered pair (A, B) of different clips (`smoothed_pair_scores`): the fraction of
+    all voiced decision times, and of the pairs, where A's face is first (pairs with no voiced
+    decision time left out)."""
+    scores = {(a.name, b.name): smoothed_pair_scores(a, b, smooth_windows, cohort)
               for a in tqdm(clips, desc="two faces", unit="clip") for b in clips if b is not a}
     scores = {pair: pair_scores for pair, pair_scores in scores.items() if len(pair_scores[0])}
     outcomes = {pair: own > other for pair, (own, other) in scores.items()}
@@ -339,13 +354,18 @@ def evaluate_model(config: Config, scorer: SyncScorer, data_dir: Path | None = N
     if not embedded:
         raise RtdiarError(f"no face tracked in any of the {len(clip_paths)} clips")
     source = str(data_dir) if clips is None else os.path.commonpath([path.parent for path in clip_paths])
+    cohort, smooth_windows = config.decision.cohort(), int(round(SMOOTH_S * config.window.fps))
     figures = {"arch": getattr(scorer.model, "arch", type(scorer.model).__name__), "data": source,
                "clips": len(embedded), "clips_without_face": skipped, "frame_scale": scale,
                "face": {"median_px": float(np.median([clip.face_px for clip in embedded])),
                         "tracked": float(np.mean([clip.tracked for clip in embedded])),
                         "per_clip": {clip.name: {"px": clip.face_px, "tracked": clip.tracked} for clip in embedded}},
-               "window_auc": window_auc_figure(embedded), "offset": offset_figure(embedded, config),
-               "two_faces": two_faces_figure(embedded, int(round(SMOOTH_S * config.window.fps)))}
+               "cohort_shifts": config.decision.cohort_shifts,
+               "window_auc": window_auc_figure(embedded, cohort), "offset": offset_figure(embedded, config),
+               "two_faces": two_faces_figure(embedded, smooth_windows, cohort)}
+    if cohort is not None:  # what the cohort adds: the same figures on the model's raw cosine
+        figures["raw"] = {"window_auc": window_auc_figure(embedded),
+                          "two_faces": two_faces_figure(embedded, smooth_windows)}
     for key, name, figure in (("hamilton", HAMILTON, hamilton_figure), ("crowd", CROWD, crowd_figure)):
         path = data_dir / "multi" / name
         figures[key] = figure(run_engine(path, config, scorer)) if path.exists() and scale == 1.0 else None
@@ -380,17 +400,28 @@ def _offset_misses(offset: dict) -> str:
     return ", ".join(f"{name} {-count}/{len(offset['applied_shifts'])}" for count, name in worst) or "none"
 
 
+def _raw_rows(figures: dict, figure: str, key: str, percent: bool) -> list[str]:
+    """The figure on the model's raw cosine, when the scores were measured against a cohort."""
+    raw = figures.get("raw")
+    return [_row("  the model's raw cosine, without the cohort", raw[figure][key], percent)] if raw else []
+
+
 def format_report(figures: dict) -> str:
     """A compact table: each figure, its target from the issue, and the clips where it fails."""
     auc, offset, two = figures["window_auc"], figures["offset"], figures["two_faces"]
     shrunk = (f", every frame shrunk to {figures['frame_scale']:g}x (no engine figures: they need the file as "
               "recorded)") if figures["frame_scale"] != 1.0 else ""
+    cohort = figures.get("cohort_shifts")
+    scored = (f"scores relative to off-sync pairings {cohort[0]}-{cohort[1]} frames back (decision.cohort_shifts)"
+              if cohort else "raw cosine scores")
     lines = [f"rtdiar evaluate: model {figures['arch']}, {figures['clips']} dev clips from {figures['data']}{shrunk}",
+             f"  {scored}",
              f"  {'figure':<50} {'value':>9}  {'target':>9}",
              f"  {'tracked face height, median of the clips (px)':<50} {figures['face']['median_px']:>9.0f}",
              _row("frames with a tracked face, mean of the clips", figures["face"]["tracked"], True),
              _row("window AUC, in sync vs |shift| 5-15 frames", auc["all"], False, TARGETS["window_auc"]),
              _row(f"  voiced windows only ({auc['voiced_positives']} of {auc['positives']})", auc["voiced"], False),
+             *_raw_rows(figures, "window_auc", "all", False),
              _row(f"clip offset within ±{offset['tolerance']} ({offset['cases']} clip x shift)",
                   offset["accuracy"], True, TARGETS["offset"]),
              _row(f"  the shift, from the clip's own reading at 0 ({offset['relative_cases']})",
@@ -400,6 +431,7 @@ def format_report(figures: dict) -> str:
              _row(f"two faces one voice: A first ({two['time_points']} times)", two["accuracy"], True,
                   TARGETS["two_faces"]),
              _row(f"  pairs where A is first most of the time ({two['pairs']})", two["pairs_won"], True),
+             *_raw_rows(figures, "two_faces", "accuracy", True),
              _row("  equal-error smoothed score (speaking vs other face)", two["equal_error_threshold"], False),
              _row("  equal-error rate at it", two["equal_error_rate"], True)]
     hamilton, crowd = figures.get("hamilton"), figures.get("crowd")

@@ -151,15 +151,24 @@ class SyncScorer:
     def score(self, windows: np.ndarray, mel: np.ndarray, lips: np.ndarray | None = None) -> np.ndarray:
         """(N, 5, 48, 96, 3) uint8 BGR crops in time order (with their (N, 5, 42, 2) lip points when the
         model reads them) and an (80, 16) mel -> (N,) float32 cosine similarities."""
+        face_emb, audio_emb = self.embed(windows, mel, lips)
+        return F.cosine_similarity(torch.from_numpy(face_emb), torch.from_numpy(audio_emb[None]), dim=1).numpy()
+
+    def embed(self, windows: np.ndarray, mel: np.ndarray, lips: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The inputs of `score` -> their (N, D) face and (D,) audio unit vectors, whose dot products
+        are the scores; the audio is embedded even with no window (`rtdiar.cohort` keeps it)."""
+        self._check(windows, mel)
+        audio_emb = self._towers.audio(_mels(mel[None]))[0]
+        face_emb = (self._towers.faces(*self._face_arrays(windows, lips)) if len(windows)
+                    else np.zeros((0, len(audio_emb)), np.float32))
+        return face_emb, audio_emb
+
+    @staticmethod
+    def _check(windows: np.ndarray, mel: np.ndarray) -> None:
         if windows.ndim != 5 or windows.shape[1:] != WINDOW_SHAPE or windows.dtype != np.uint8:
             raise ValueError(f"windows must be uint8 (N, 5, 48, 96, 3), got {windows.dtype} {windows.shape}")
         if mel.shape != MEL_SHAPE:
             raise ValueError(f"mel must be (80, 16), got {mel.shape}")
-        if len(windows) == 0:
-            return np.zeros(0, dtype=np.float32)
-        audio_emb = self._towers.audio(_mels(mel[None]))
-        face_emb = self._towers.faces(*self._face_arrays(windows, lips))
-        return F.cosine_similarity(torch.from_numpy(face_emb), torch.from_numpy(audio_emb), dim=1).numpy()
 
     def face_embeddings(self, windows: np.ndarray, lips: np.ndarray | None = None, batch: int = 256) -> np.ndarray:
         """(N, 5, 48, 96, 3) uint8 crops (and their lip points, as `score`) -> (N, D) float32 unit vectors,

@@ -15,7 +15,8 @@ from rtdiar.sources import FileSource
 
 
 class ConstantScorer:
-    """Scores every face window the same and records what the engine fed it."""
+    """Rates every face window the same with any sound, and records what the engine fed it: every
+    sound embeds as one direction, every face at cosine `value` from it."""
 
     needs_lips = False
 
@@ -24,17 +25,40 @@ class ConstantScorer:
         self.calls: list[tuple[tuple, tuple]] = []
         self.lips: list[np.ndarray] = []
 
-    def score(self, windows: np.ndarray, mel: np.ndarray, lips: np.ndarray | None = None) -> np.ndarray:
-        self.calls.append((windows.shape, mel.shape))
+    def embed(self, windows: np.ndarray, mel: np.ndarray, lips: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         assert windows.dtype == np.uint8 and mel.dtype == np.float32
-        assert (lips is not None) == self.needs_lips
+        if len(windows):
+            self.calls.append((windows.shape, mel.shape))
+            assert (lips is not None) == self.needs_lips
         if lips is not None:
             self.lips.append(lips)
-        return np.full(len(windows), self.value, dtype=np.float32)
+        audio = self.audio(mel)
+        return np.array([self.face(w, audio) for w in windows], np.float32).reshape(len(windows), EMBED_DIM), audio
+
+    def audio(self, mel: np.ndarray) -> np.ndarray:
+        return np.eye(EMBED_DIM, dtype=np.float32)[0]
+
+    def face(self, window: np.ndarray, audio: np.ndarray) -> np.ndarray:
+        return np.array([self.value, np.sqrt(1 - self.value ** 2)] + [0.0] * (EMBED_DIM - 2), np.float32)
+
+
+class SyncedScorer(ConstantScorer):
+    """Every face in sync with the sound: each sound embeds as its own spectral shape, and each face
+    window as the sound of its own window."""
+
+    def audio(self, mel: np.ndarray) -> np.ndarray:
+        shape = mel.mean(axis=1) - mel.mean()
+        return (shape / np.linalg.norm(shape)).astype(np.float32)
+
+    def face(self, window: np.ndarray, audio: np.ndarray) -> np.ndarray:
+        return audio
 
 
 class LipsScorer(ConstantScorer):
     needs_lips = True
+
+
+EMBED_DIM = 80
 
 
 def _run(config, clip, pace="fast", scorer=None):
@@ -68,13 +92,13 @@ def test_a_model_that_reads_lips_gets_the_points_of_each_window(config, dev_clip
 
 
 def test_scores_wait_for_a_full_window_and_the_speaker_needs_speech(config, dev_clip):
-    results, _ = _run(config, dev_clip)
+    results, _ = _run(config, dev_clip, scorer=SyncedScorer())
     first_scored = next(i for i, r in enumerate(results) if r.faces and r.faces[0].score is not None)
     assert first_scored >= config.tracker.min_hits - 1 + config.window.frames - 1
     assert all(r.faces[0].score is None for r in results[:first_scored] if r.faces)
     voiced = [r for r in results[first_scored:] if r.speech and r.faces]
     assert len(voiced) > len(results) // 2  # a talking-head clip is mostly speech
-    # a constant 0.9 beats the threshold: the one face speaks whenever speech is heard (after the hold)
+    # a face in sync beats the threshold: the one face speaks whenever speech is heard (after the hold)
     hold = int(config.decision.min_hold_s * 25) + 1
     assert all(r.speaker == 1 for r in voiced[hold:] if r.speech)
     for r in results:
@@ -86,11 +110,25 @@ def test_low_scores_make_nobody_the_speaker(config, dev_clip):
     assert all(r.speaker is None for r in results)
 
 
+def test_a_face_rated_high_with_any_sound_is_not_the_speaker(config, dev_clip):
+    """Scores are measured against the face's off-sync pairings (`decision.cohort_shifts`): a face the
+    model rates 0.9 with every sound scores 0 and is never chosen; on raw cosines it would be."""
+    results, _ = _run(config, dev_clip, scorer=ConstantScorer(0.9))
+    scores = [f.raw_score for r in results for f in r.faces if f.raw_score is not None]
+    assert scores and np.allclose(scores, 0.0, atol=1e-6)
+    assert all(r.speaker is None for r in results)
+    raw = dataclasses.replace(config, decision=dataclasses.replace(config.decision, cohort_shifts=None))
+    results, _ = _run(raw, dev_clip, scorer=ConstantScorer(0.9))
+    raw_scores = [f.raw_score for r in results for f in r.faces if f.raw_score is not None]
+    assert len(raw_scores) > len(scores) and np.allclose(raw_scores, 0.9)  # raw: scored from the first window on
+    assert any(r.speaker == 1 for r in results)
+
+
 def test_stride_scores_every_nth_frame(config, dev_clip):
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, stride_frames=3))
     results, scorer = _run(config, dev_clip)
     scored = sum(any(f.raw_score is not None for f in r.faces) for r in results)
-    assert 0 < len(scorer.calls) == scored <= len(results) // 3 + 1
+    assert 0 < scored <= len(scorer.calls) <= len(results) // 3 + 1  # the cohort may wait for past sound
     assert all(r.frame % 3 == 0 for r in results if any(f.raw_score is not None for f in r.faces))
 
 

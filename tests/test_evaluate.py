@@ -121,6 +121,31 @@ def test_two_faces_counts_the_voice_owner_first_or_not():
     assert others_win["accuracy"] == 0.0 and others_win["pairs_won"] == 0.0
 
 
+def test_two_faces_against_off_sync_pairings_puts_the_face_in_sync_first():
+    """Face B matches every sound (a mouth the model always likes) and wins on raw cosines; measured
+    against their off-sync pairings, as the engine scores, the face that follows the voice wins."""
+    rng = np.random.default_rng(0)
+    cohort, windows, dim = range(5, 26), 60, 16
+    margin = OFFSET_SEARCH + cohort[-1]
+    common = np.eye(dim)[0]
+
+    def unit(rows):
+        return (rows / np.linalg.norm(rows, axis=-1, keepdims=True)).astype(np.float32)
+
+    def clip(name, faces, voice):
+        return ClipEmbeddings(name, np.arange(windows), faces, {shift: voice for shift in APPLIED_SHIFTS},
+                              np.ones(windows, bool), np.ones((windows, 6), bool), 100.0, 1.0, margin)
+
+    voices = [unit(3.0 * common + rng.normal(size=(windows + margin + OFFSET_SEARCH, dim))) for _ in range(2)]
+    in_sync = [unit(voice[margin:margin + windows] + 0.5 * rng.normal(size=(windows, dim))) for voice in voices]
+    always_liked = unit(6.0 * common + 0.5 * rng.normal(size=(windows, dim)))
+    clips = [clip("a", in_sync[0], voices[0]), clip("b", always_liked, voices[1])]
+    raw = two_faces_figure(clips, smooth_windows=25)
+    relative = two_faces_figure(clips, smooth_windows=25, cohort=cohort)
+    assert raw["per_clip"]["a"] < 0.5  # a's voice: b's face outscores a's own on raw cosines
+    assert relative["per_clip"]["a"] == 1.0
+
+
 def test_two_faces_skips_unvoiced_times():
     e1, e2 = np.eye(2, dtype=np.float32)
     x, y = fake_clip("x", e1, e1), fake_clip("y", e2, e2)

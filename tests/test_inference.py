@@ -65,6 +65,17 @@ def test_batch_scores_equal_model_called_per_face(scorer, rng):
     np.testing.assert_allclose(batched, single, atol=1e-5)
 
 
+def test_embeddings_are_unit_vectors_whose_dot_products_are_the_scores(scorer, rng):
+    """What the engine's cohort keeps (`SyncScorer.embed`); the sound is embedded with no face too."""
+    windows, mel = random_windows(rng, 3), random_mel(rng)
+    faces, audio = scorer.embed(windows, mel)
+    np.testing.assert_allclose(np.linalg.norm(faces, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(faces @ audio, scorer.score(windows, mel), atol=1e-5)
+    no_face, same_audio = scorer.embed(np.zeros((0, 5, 48, 96, 3), dtype=np.uint8), mel)
+    assert no_face.shape == (0, len(audio))
+    np.testing.assert_allclose(same_audio, audio, atol=1e-6)
+
+
 def test_empty_batch_gives_empty_scores(scorer, rng):
     scores = scorer.score(np.zeros((0, 5, 48, 96, 3), dtype=np.uint8), random_mel(rng))
     assert scores.shape == (0,)
