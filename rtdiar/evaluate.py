@@ -93,10 +93,6 @@ class ClipEmbeddings:
         return np.stack([np.einsum("nd,nd->n", self.faces, audio[rows + j])
                          for j in range(2 * OFFSET_SEARCH + 1)], axis=1)
 
-    def in_sync_audio(self) -> np.ndarray:
-        """(n, D): each window's own audio."""
-        return self.audio[0][self._rows(0)]
-
     def scores(self, cohort: range | None, shift: int = 0, faces: np.ndarray | None = None) -> np.ndarray:
         """(n,) the engine's score of each window with the clip's sound `shift` frames later: relative
         to its off-sync pairings with a cohort, else the raw cosine. `faces` (n, D) puts other faces,

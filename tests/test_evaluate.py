@@ -69,7 +69,7 @@ def test_offset_and_window_auc_of_a_perfect_scorer(config):
     clip = PreparedClip("wild/timecode", crops, np.ones(frames, bool), 0, mel)
     silence = np.zeros(int(frames / 25 * 16000), np.float32)
     embedded = embed_clip(clip, silence, TimeCodeScorer(frames), config)
-    np.testing.assert_array_equal(embedded.in_sync_audio(), embedded.faces)  # each window's own sound
+    np.testing.assert_array_equal(embedded.scores(None), 1.0)  # each window with its own sound
 
     offsets = offset_figure([embedded], config)
     assert offsets["per_clip"]["wild/timecode"] == list(APPLIED_SHIFTS)  # audio delayed by d is found at +d
@@ -78,6 +78,7 @@ def test_offset_and_window_auc_of_a_perfect_scorer(config):
     auc = window_auc_figure([embedded])
     assert auc["all"] == 1.0
     assert auc["voiced"] is None  # no speech in silence: nothing to measure
+    assert window_auc_figure([embedded], config.decision.cohort())["all"] == 1.0  # and against off-sync pairings
 
 
 def test_a_clip_recorded_out_of_sync_misses_every_offset_but_follows_every_shift(config):
