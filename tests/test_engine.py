@@ -14,6 +14,9 @@ from rtdiar.engine import Diarizer
 from rtdiar.sources import FileSource
 
 
+EMBED_DIM = 80  # the test doubles' embedding size: one per mel band
+
+
 class ConstantScorer:
     """Rates every face window the same with any sound, and records what the engine fed it: every
     sound embeds as one direction, every face at cosine `value` from it."""
@@ -56,9 +59,6 @@ class SyncedScorer(ConstantScorer):
 
 class LipsScorer(ConstantScorer):
     needs_lips = True
-
-
-EMBED_DIM = 80
 
 
 def _run(config, clip, pace="fast", scorer=None):
