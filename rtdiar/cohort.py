@@ -50,18 +50,15 @@ class OffSyncCohort:
         self._audio: _Recent | None = None
         self._faces: dict[int, _Recent] = {}
 
-    def add_audio(self, step: int, audio: np.ndarray) -> None:
-        """The sound window of `step`; kept while a later window can still pair with it."""
+    def scores(self, step: int, audio: np.ndarray, faces: dict[int, np.ndarray]) -> dict[int, float]:
+        """The sound window of `step` and each track's face embedding at it (none, on a frame with no
+        face window: the sound is still kept) -> each track's relative score. The embeddings are kept
+        while a later window can pair with them. With no past sound at all (the stream's first
+        windows) there is no score."""
         if self._audio is None:
             self._audio = _Recent(self.shifts.stop, len(audio))
-        self._audio.put(step, audio)
-
-    def scores(self, step: int, faces: dict[int, np.ndarray]) -> dict[int, float]:
-        """Each track's face embedding at `step` (after `add_audio(step, ...)`) -> its relative score;
-        the embeddings are kept for later steps. With no past sound at all (the stream's first
-        windows) there is no score."""
-        audio = self._audio.at(np.array([step]))[0]
         past_audio = self._audio.at(step - self._back)
+        self._audio.put(step, audio)
         out = {}
         for track_id, face in faces.items():
             history = self._faces.setdefault(track_id, _Recent(self.shifts.stop, len(face)))

@@ -266,9 +266,7 @@ class Diarizer:
         faces, audio = self.scorer.embed(windows, mel, lips)
         if cohort is None:
             return {tid: float(face @ audio) for (tid, _, _), face in zip(ready, faces)}
-        step = int(round(t * wcfg.fps))
-        cohort.add_audio(step, audio)
-        return cohort.scores(step, {tid: face for (tid, _, _), face in zip(ready, faces)})
+        return cohort.scores(int(round(t * wcfg.fps)), audio, {tid: face for (tid, _, _), face in zip(ready, faces)})
 
     def _audio_start(self, source, ring: AudioRing) -> float:
         """Timeline time of ring sample 0; a microphone sets it with its first block."""

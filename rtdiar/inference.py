@@ -174,10 +174,7 @@ class SyncScorer:
         """(N, 5, 48, 96, 3) uint8 crops (and their lip points, as `score`) -> (N, D) float32 unit vectors,
         for scoring many pairings at once (offset search, evaluation): the cosine of two embeddings is
         what `score` returns."""
-        parts = [self._towers.faces(*self._face_arrays(windows[i:i + batch],
-                                                       None if lips is None else lips[i:i + batch]))
-                 for i in range(0, len(windows), batch)]
-        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+        return _batched(lambda part, points: self._towers.faces(*self._face_arrays(part, points)), batch, windows, lips)
 
     def _face_arrays(self, windows: np.ndarray, lips: np.ndarray | None) -> list[np.ndarray]:
         """The face tower's inputs in its order, contiguous (a strided view is copied one batch at a time)."""
@@ -192,16 +189,17 @@ class SyncScorer:
 
     def audio_embeddings(self, mels: np.ndarray, batch: int = 1024) -> np.ndarray:
         """(M, 80, 16) mel windows -> (M, D) float32 unit vectors."""
-        return _batched(lambda part: self._towers.audio(_mels(part)), mels, batch)
+        return _batched(lambda part: self._towers.audio(_mels(part)), batch, mels)
 
 
 def _mels(mels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(mels, dtype=np.float32)
 
 
-def _batched(embed: Callable[[np.ndarray], np.ndarray], items: np.ndarray, batch: int) -> np.ndarray:
-    """`embed` over `items` `batch` at a time (a strided view is copied one batch at a time, never whole)."""
-    parts = [embed(items[i:i + batch]) for i in range(0, len(items), batch)]
+def _batched(embed: Callable[..., np.ndarray], batch: int, *items: np.ndarray | None) -> np.ndarray:
+    """`embed` over the aligned `items` (None passed as it is) `batch` rows at a time (a strided view
+    is copied one batch at a time, never whole)."""
+    parts = [embed(*(None if x is None else x[i:i + batch] for x in items)) for i in range(0, len(items[0]), batch)]
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 

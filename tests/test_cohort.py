@@ -25,9 +25,9 @@ def _stream(faces: np.ndarray, audio: np.ndarray, lead: int) -> list[float | Non
     cohort = OffSyncCohort(SHIFTS)
     out = []
     for step, sound in enumerate(audio):
-        cohort.add_audio(step, sound)
+        scores = cohort.scores(step, sound, {1: faces[step - lead]} if step >= lead else {})
         if step >= lead:
-            out.append(cohort.scores(step, {1: faces[step - lead]}).get(1))
+            out.append(scores.get(1))
     return out
 
 
@@ -53,10 +53,8 @@ def test_no_score_before_any_past_sound():
     cohort = OffSyncCohort(SHIFTS)
     sound = np.ones(D) / np.sqrt(D)
     for step in range(SHIFTS.start):  # steps before the stream began hold nothing, not zeros
-        cohort.add_audio(step, sound)
-        assert cohort.scores(step, {1: sound}) == {}
-    cohort.add_audio(SHIFTS.start, sound)
-    assert cohort.scores(SHIFTS.start, {1: sound}) == {1: pytest.approx(0.0, abs=1e-6)}
+        assert cohort.scores(step, sound, {1: sound}) == {}
+    assert cohort.scores(SHIFTS.start, sound, {1: sound}) == {1: pytest.approx(0.0, abs=1e-6)}
 
 
 def test_a_face_that_matches_any_sound_loses_to_the_face_in_sync():
@@ -98,11 +96,9 @@ def test_a_forgotten_track_starts_again_like_a_new_one():
     faces = _unit(rng.normal(size=(60, D)))
     cohort = OffSyncCohort(SHIFTS)
     for step in range(50):
-        cohort.add_audio(step, audio[step])
-        cohort.scores(step, {7: faces[step]})
+        cohort.scores(step, audio[step], {7: faces[step]})
     cohort.forget(7)
-    cohort.add_audio(50, audio[50])
-    score = cohort.scores(50, {7: faces[50]})[7]
+    score = cohort.scores(50, audio[50], {7: faces[50]})[7]
     assert score == pytest.approx(faces[50] @ audio[50] - np.mean(audio[50 - np.array(SHIFTS)] @ faces[50]), abs=1e-6)
 
 
