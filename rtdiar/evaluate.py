@@ -1,7 +1,8 @@
 """`rtdiar evaluate`: the figures a lip-sync model is judged by, on people it never saw (`dev/`).
 
 1. Window AUC: each face window with its own audio (in sync) against the same face with the audio
-   5, 10 or 15 frames earlier or later (off sync), over every window and over voiced ones.
+   5, 10 or 15 frames earlier or later (off sync), over every window and over voiced ones; and
+   the AUC a perfect detector could reach on the same pairings, for which silence is no evidence.
 2. Clip offset: the clip's audio moved by -10, -5, 0, +5, +10 frames, found again by the offset
    tool's estimate within ±1 frame.
 3. Two faces, one voice: face A's audio scored against A's face and another clip's face B at the
@@ -82,6 +83,7 @@ class ClipEmbeddings:
     audio: dict[int, np.ndarray]  # applied shift -> (n_rows, D) unit vectors
     voiced: np.ndarray  # (n,) bool: the window's own audio is speech (Silero VAD)
     inside: np.ndarray  # (n, len(OFF_SYNC_SHIFTS)) bool: the off-sync audio lies within the clip
+    voiced_off: np.ndarray  # (n, len(OFF_SYNC_SHIFTS)) bool: the off-sync audio is speech
     face_px: float  # median height of the tracked face box, in the frames the detector saw
     tracked: float  # share of the clip's frames with a tracked face
     margin: int = OFFSET_SEARCH  # audio rows before the first window's own
@@ -135,13 +137,15 @@ def roc_auc(positives: np.ndarray, negatives: np.ndarray) -> float | None:
 
 
 def speech_windows(clip: PreparedClip, starts: np.ndarray, wave: np.ndarray, config: Config) -> np.ndarray:
-    """Which windows' own audio is speech, by the engine's VAD rule (the clip's audio, sample 0 at t = 0)."""
+    """Whether the audio windows at grid frames `starts` (any shape) are speech, by the engine's VAD
+    rule (the clip's audio, sample 0 at t = 0); the VAD runs over the clip once."""
     sample_rate = config.audio.sample_rate
     vad = VoiceActivity(sample_rate, history_s=len(wave) / sample_rate + 1.0)
     vad.push(wave)
-    start_s = (clip.first_frame + starts) / clip.fps
+    start_s = (clip.first_frame + np.ravel(starts)) / clip.fps
     probs = [vad.speech_prob(t, t + config.window.mel_frames / MEL_FPS) for t in start_s]
-    return np.array([p is not None and p >= config.decision.vad_threshold for p in probs], dtype=bool)
+    speech = [p is not None and p >= config.decision.vad_threshold for p in probs]
+    return np.array(speech, dtype=bool).reshape(np.shape(starts))
 
 
 def embed_clip(clip: PreparedClip, wave: np.ndarray, scorer: SyncScorer, config: Config) -> ClipEmbeddings | None:
@@ -157,14 +161,20 @@ def embed_clip(clip: PreparedClip, wave: np.ndarray, scorer: SyncScorer, config:
     grid = np.arange(starts[0] - margin, starts[-1] + OFFSET_SEARCH + 1)
     audio = {shift: scorer.audio_embeddings(clip.mel_windows(grid, mel_frames, shift_mel(clip.mel, shift, clip.fps)))
              for shift in APPLIED_SHIFTS}
-    inside = clip.audio_inside(starts[:, None] + np.array(OFF_SYNC_SHIFTS), mel_frames)
-    return ClipEmbeddings(clip.name, starts, faces, audio, speech_windows(clip, starts, wave, config), inside,
-                          clip.face_px, clip.tracked_share(), margin)
+    paired = starts[:, None] + np.array((0, *OFF_SYNC_SHIFTS))  # each window's own audio, then its off-sync audio
+    speech = speech_windows(clip, paired, wave, config)
+    return ClipEmbeddings(clip.name, starts, faces, audio, speech[:, 0], clip.audio_inside(paired[:, 1:], mel_frames),
+                          speech[:, 1:], clip.face_px, clip.tracked_share(), margin)
 
 
 def window_auc_figure(clips: list[ClipEmbeddings], cohort: range | None = None) -> dict:
-    """In sync vs off sync, over at most WINDOWS_PER_CLIP evenly spaced windows per clip."""
-    positives, negatives, voiced_pos, voiced_neg, per_clip = [], [], [], [], {}
+    """In sync vs off sync, over at most WINDOWS_PER_CLIP evenly spaced windows per clip.
+
+    `ceiling`: the AUC of a perfect detector on the same pairings. A face with silence looks the same
+    in sync or not, so it ranks every pairing with speech right and can only guess between an in-sync
+    and an off-sync pairing whose sounds are both silent. It takes the recordings as in sync, so it is
+    generous where they are not."""
+    positives, negatives, voiced_pos, voiced_neg, heard_pos, heard_neg, per_clip = [], [], [], [], [], [], {}
     for clip in clips:
         count = len(clip.starts)
         pick = np.unique(np.linspace(0, count - 1, min(count, WINDOWS_PER_CLIP)).round().astype(int))
@@ -175,9 +185,13 @@ def window_auc_figure(clips: list[ClipEmbeddings], cohort: range | None = None) 
         negatives.append(off[inside])
         voiced_pos.append(pos[voiced])
         voiced_neg.append(off[inside & voiced[:, None]])
+        heard_pos.append(voiced)
+        heard_neg.append(clip.voiced_off[pick][inside])
         per_clip[clip.name] = roc_auc(pos, off[inside])
+    heard_pos, heard_neg = np.concatenate(heard_pos), np.concatenate(heard_neg)
     return {"all": roc_auc(np.concatenate(positives), np.concatenate(negatives)),
             "voiced": roc_auc(np.concatenate(voiced_pos), np.concatenate(voiced_neg)),
+            "ceiling": roc_auc(np.where(heard_pos, 1.0, 0.5), np.where(heard_neg, 0.0, 0.5)),
             "positives": int(sum(map(len, positives))), "negatives": int(sum(map(len, negatives))),
             "voiced_positives": int(sum(map(len, voiced_pos))), "per_clip": per_clip}
 
@@ -417,6 +431,7 @@ def format_report(figures: dict) -> str:
              _row("frames with a tracked face, mean of the clips", figures["face"]["tracked"], True),
              _row("window AUC, in sync vs |shift| 5-15 frames", auc["all"], False, TARGETS["window_auc"]),
              _row(f"  voiced windows only ({auc['voiced_positives']} of {auc['positives']})", auc["voiced"], False),
+             _row("  a perfect detector, silent pairings a coin toss", auc["ceiling"], False),
              *_raw_rows(figures, "window_auc", "all", False),
              _row(f"clip offset within ±{offset['tolerance']} ({offset['cases']} clip x shift)",
                   offset["accuracy"], True, TARGETS["offset"]),

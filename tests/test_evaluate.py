@@ -78,6 +78,7 @@ def test_offset_and_window_auc_of_a_perfect_scorer(config):
     auc = window_auc_figure([embedded])
     assert auc["all"] == 1.0
     assert auc["voiced"] is None  # no speech in silence: nothing to measure
+    assert auc["ceiling"] == 0.5  # nor could any detector: silence in sync sounds like silence off sync
     assert window_auc_figure([embedded], config.decision.cohort())["all"] == 1.0  # and against off-sync pairings
 
 
@@ -99,7 +100,35 @@ def fake_clip(name: str, face: np.ndarray, voice: np.ndarray, windows: int = 40)
     rows = windows + 2 * OFFSET_SEARCH
     return ClipEmbeddings(name, np.arange(windows), np.tile(face, (windows, 1)),
                           {shift: np.tile(voice, (rows, 1)) for shift in APPLIED_SHIFTS},
-                          np.ones(windows, bool), np.ones((windows, 6), bool), 100.0, 1.0)
+                          np.ones(windows, bool), np.ones((windows, 6), bool), np.ones((windows, 6), bool), 100.0, 1.0)
+
+
+def test_the_ceiling_guesses_only_between_silent_pairings():
+    """Half the windows are silent in sync and every off-sync sound is silent: a perfect detector puts
+    the voiced windows first and can only guess among the rest, 0.5 * 1 + 0.5 * 0.5; with speech
+    everywhere it makes no mistake, whatever the model scores."""
+    e1 = np.eye(2, dtype=np.float32)[0]
+    half = fake_clip("half", e1, e1)
+    half.voiced[::2] = False
+    half.voiced_off[:] = False
+    assert window_auc_figure([half])["ceiling"] == 0.75
+    heard = fake_clip("heard", e1, e1)
+    figure = window_auc_figure([heard])
+    assert figure["ceiling"] == 1.0 and figure["all"] == 0.5  # the flat model ties everything
+
+
+def test_off_sync_sounds_are_judged_speech_by_their_own_time(config, dev_clip):
+    """The VAD reads each pairing's own sound: with a real clip's speech only after 2 s, a window there
+    is voiced, and a window's sound 15 frames later is voiced where that lands in the speech."""
+    from rtdiar.evaluate import speech_windows
+    from rtdiar.sources import FileSource
+
+    wave = FileSource(dev_clip, None, "fast", config.video, config.audio).aligned_audio()[:4 * 16000].copy()
+    wave[:2 * 16000] = 0.0
+    clip = PreparedClip("wild/half_voiced", np.zeros((100, 48, 96, 3), np.uint8), np.ones(100, bool), 0,
+                        np.full((80, 330), -4.0, np.float32))
+    starts = np.array([[10, 25], [60, 75], [45, 60]])  # own sound, then 15 frames later; speech from 2.2 s
+    np.testing.assert_array_equal(speech_windows(clip, starts, wave, config), [[False, False], [True, True], [False, True]])
 
 
 def test_readings_without_evidence_are_counted_as_unreliable(config):
@@ -135,7 +164,8 @@ def test_two_faces_against_off_sync_pairings_puts_the_face_in_sync_first():
 
     def clip(name, faces, voice):
         return ClipEmbeddings(name, np.arange(windows), faces, {shift: voice for shift in APPLIED_SHIFTS},
-                              np.ones(windows, bool), np.ones((windows, 6), bool), 100.0, 1.0, margin)
+                              np.ones(windows, bool), np.ones((windows, 6), bool), np.ones((windows, 6), bool), 100.0, 1.0,
+                              margin)
 
     voices = [unit(3.0 * common + rng.normal(size=(windows + margin + OFFSET_SEARCH, dim))) for _ in range(2)]
     in_sync = [unit(voice[margin:margin + windows] + 0.5 * rng.normal(size=(windows, dim))) for voice in voices]
