@@ -128,7 +128,8 @@ def test_off_sync_sounds_are_judged_speech_by_their_own_time(config, dev_clip):
     clip = PreparedClip("wild/half_voiced", np.zeros((100, 48, 96, 3), np.uint8), np.ones(100, bool), 0,
                         np.full((80, 330), -4.0, np.float32))
     starts = np.array([[10, 25], [60, 75], [45, 60]])  # own sound, then 15 frames later; speech from 2.2 s
-    np.testing.assert_array_equal(speech_windows(clip, starts, wave, config), [[False, False], [True, True], [False, True]])
+    np.testing.assert_array_equal(speech_windows(clip, starts, wave, config),
+                                  [[False, False], [True, True], [False, True]])
 
 
 def test_readings_without_evidence_are_counted_as_unreliable(config):
@@ -164,8 +165,8 @@ def test_two_faces_against_off_sync_pairings_puts_the_face_in_sync_first():
 
     def clip(name, faces, voice):
         return ClipEmbeddings(name, np.arange(windows), faces, {shift: voice for shift in APPLIED_SHIFTS},
-                              np.ones(windows, bool), np.ones((windows, 6), bool), np.ones((windows, 6), bool), 100.0, 1.0,
-                              margin)
+                              np.ones(windows, bool), np.ones((windows, 6), bool), np.ones((windows, 6), bool),
+                              100.0, 1.0, margin)
 
     voices = [unit(3.0 * common + rng.normal(size=(windows + margin + OFFSET_SEARCH, dim))) for _ in range(2)]
     in_sync = [unit(voice[margin:margin + windows] + 0.5 * rng.normal(size=(windows, dim))) for voice in voices]
