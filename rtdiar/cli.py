@@ -204,7 +204,7 @@ def _run_with_window(diarizer, source, sinks: list, config: Config, title: str) 
 def run(args: argparse.Namespace) -> int:
     """The main job: one source through the engine into the window and/or the outputs."""
     from rtdiar.engine import Diarizer
-    from rtdiar.inference import load_scorer
+    from rtdiar.scorers.inference import load_scorer
 
     _check_args(args)
     config = config_from_args(args)
@@ -256,7 +256,7 @@ def offset(args: argparse.Namespace) -> int:
     """`rtdiar offset`: measure (and optionally repair) a clip's audio-video offset."""
     import json
 
-    from rtdiar.inference import load_scorer
+    from rtdiar.scorers.inference import load_scorer
     from rtdiar.offset import analyse_clip, write_fixed
     from rtdiar.outputs import check_output_path
 
@@ -288,7 +288,7 @@ def build_train_parser() -> argparse.ArgumentParser:
 
 def train(args: argparse.Namespace) -> int:
     """`rtdiar train`: prepare the clips (cached), then train with validation on unseen people."""
-    from rtdiar.training import load_train_config, train_model
+    from rtdiar.lab.training import load_train_config, train_model
 
     recipe = load_train_config(args.train_config)
     train_model(recipe, load_config(args.config), out=args.out, resume=args.resume, overwrite=args.overwrite)
@@ -323,14 +323,14 @@ def evaluate(args: argparse.Namespace) -> int:
     """`rtdiar evaluate`: print the figures the model is judged by."""
     import json
 
-    from rtdiar.evaluate import evaluate_model, format_report
-    from rtdiar.inference import load_scorer
+    from rtdiar.lab.evaluate import evaluate_model, format_report
+    from rtdiar.scorers.inference import load_scorer
     from rtdiar.outputs import check_output_path
 
     out = check_output_path(args.json, args.overwrite, []) if args.json is not None else None
     clips = None
     if args.held_out is not None:
-        from rtdiar.training import load_train_config, recipe_clips
+        from rtdiar.lab.training import load_train_config, recipe_clips
 
         recipe = load_train_config(args.held_out)
         clips = recipe_clips(recipe.data.validation, recipe)
@@ -401,7 +401,7 @@ def _model_flags(args: argparse.Namespace) -> list[str]:
 
 
 def _bench_speed(args: argparse.Namespace, cfg, places: dict) -> dict:
-    from rtdiar.speed import format_model, format_speed, run_speed_bench
+    from rtdiar.lab.speed import format_model, format_speed, run_speed_bench
 
     figures = run_speed_bench(cfg, args.config, config_from_args(args), places["cache_dir"], places["data_dir"])
     print(format_speed(figures["runs"]))
@@ -411,7 +411,7 @@ def _bench_speed(args: argparse.Namespace, cfg, places: dict) -> dict:
 
 
 def _bench_soak(args: argparse.Namespace, cfg, places: dict) -> dict:
-    from rtdiar.speed import format_soak, run_soak
+    from rtdiar.lab.speed import format_soak, run_soak
 
     runs = run_soak(cfg, config_from_args(args), places["cache_dir"], places["data_dir"])
     print(format_soak(runs))

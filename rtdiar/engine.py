@@ -20,7 +20,7 @@ from rtdiar.cohort import OffSyncCohort
 from rtdiar.config import Config
 from rtdiar.decision import CausalSmoother, SpeakerDecision
 from rtdiar.errors import RtdiarError
-from rtdiar.inference import WINDOW_SHAPE, SyncScorer
+from rtdiar.scorers.inference import WINDOW_SHAPE, SyncScorer
 from rtdiar.lips import LipLandmarker
 from rtdiar.sources import VideoFrame
 from rtdiar.timing import StageTimes

@@ -29,9 +29,9 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from rtdiar.config import Config, WindowConfig
-from rtdiar.dataset import PreparedClip, track_clip
+from rtdiar.lab.dataset import PreparedClip, track_clip
 from rtdiar.errors import RtdiarError
-from rtdiar.inference import SyncScorer
+from rtdiar.scorers.inference import SyncScorer
 from rtdiar.lips import LipLandmarker
 from rtdiar.media import MediaInfo, probe, require_tool
 from rtdiar.tracking import FaceDetector

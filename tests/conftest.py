@@ -39,7 +39,7 @@ def random_weights(tmp_path_factory) -> Path:
     """Weights the tests initialise themselves: enough to exercise every path but the accuracy."""
     import torch
 
-    from rtdiar.model import build_model, save_weights
+    from rtdiar.scorers.syncnet import build_model, save_weights
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "random_wav2lip.safetensors"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rtdiar.baseline import EnergyBaseline
-from rtdiar.inference import SyncScorer
+from rtdiar.scorers.baseline import EnergyBaseline
+from rtdiar.scorers.inference import SyncScorer
 
 OPEN_FRAMES = np.array([1, 0, 0, 1, 1])  # which of the 5 frames have the mouth open (asymmetric in time)
 

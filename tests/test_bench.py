@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from rtdiar import bench
-from rtdiar.composite import Truth, Turn
+from rtdiar.lab.composite import Truth, Turn
 from rtdiar.outputs import JsonlSink
 from rtdiar.types import FaceResult, FrameResult
 

@@ -12,7 +12,7 @@ import pytest
 from scipy.signal import correlate
 
 from conftest import count_frames
-from rtdiar.composite import (CompositeConfig, MeetingPlan, Truth, composite_config, plan_meetings, render_meeting,
+from rtdiar.lab.composite import (CompositeConfig, MeetingPlan, Truth, composite_config, plan_meetings, render_meeting,
                               tile_of, voiced_frames)
 from rtdiar.config import PROJECT_ROOT, load_config, read_yaml
 from rtdiar.errors import RtdiarError

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rtdiar.config import load_config
-from rtdiar.dataset import (PreparedClip, cache_path, coded_cache_path, find_clips, prepare_clips, prepare_coded,
+from rtdiar.lab.dataset import (PreparedClip, cache_path, coded_cache_path, find_clips, prepare_clips, prepare_coded,
                             prep_digest, track_clip)
 from rtdiar.errors import RtdiarError
 from rtdiar.media import lossy_round_trip

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from rtdiar.baseline import EnergyBaseline
-from rtdiar.dataset import PreparedClip
+from rtdiar.scorers.baseline import EnergyBaseline
+from rtdiar.lab.dataset import PreparedClip
 from rtdiar.errors import RtdiarError
-from rtdiar.evaluate import (APPLIED_SHIFTS, OFFSET_SEARCH, ClipEmbeddings, embed_clip, evaluate_model,
+from rtdiar.lab.evaluate import (APPLIED_SHIFTS, OFFSET_SEARCH, ClipEmbeddings, embed_clip, evaluate_model,
                              format_report, hamilton_figure, offset_figure, roc_auc, shift_mel,
                              two_faces_figure, window_auc_figure)
-from rtdiar.inference import SyncScorer
+from rtdiar.scorers.inference import SyncScorer
 from rtdiar.types import FaceResult, FrameResult
 
 GRID_PAD = 2 * OFFSET_SEARCH  # room for grid frames before 0 in the time-code embeddings
@@ -120,7 +120,7 @@ def test_the_ceiling_guesses_only_between_silent_pairings():
 def test_off_sync_sounds_are_judged_speech_by_their_own_time(config, dev_clip):
     """The VAD reads each pairing's own sound: with a real clip's speech only after 2 s, a window there
     is voiced, and a window's sound 15 frames later is voiced where that lands in the speech."""
-    from rtdiar.evaluate import speech_windows
+    from rtdiar.lab.evaluate import speech_windows
     from rtdiar.sources import FileSource
 
     wave = FileSource(dev_clip, None, "fast", config.video, config.audio).aligned_audio()[:4 * 16000].copy()
@@ -248,7 +248,7 @@ def test_report_shows_each_figure_with_its_target(small_run):
 
 def test_a_frame_scale_measures_the_same_clips_with_smaller_faces(small_run, config):
     """`rtdiar evaluate --scale 0.5`: the single-face figures on faces half as tall, cached apart."""
-    from rtdiar.dataset import cache_path, find_clips
+    from rtdiar.lab.dataset import cache_path, find_clips
 
     figures, root = small_run
     scorer = SyncScorer(EnergyBaseline(), torch.device("cpu"))
@@ -282,7 +282,7 @@ def test_offset_figure_sees_what_the_offset_tool_sees(small_run, config):
 
 
 def test_equal_error_threshold_splits_the_two_score_sets():
-    from rtdiar.evaluate import equal_error_threshold
+    from rtdiar.lab.evaluate import equal_error_threshold
 
     threshold, error = equal_error_threshold(np.array([0.6, 0.7, 0.8, 0.9]), np.array([0.1, 0.2, 0.3, 0.4]))
     assert 0.4 <= threshold <= 0.6 and error == 0.0

@@ -9,8 +9,8 @@ import torch
 from rtdiar.cli import build_offset_parser, build_parser, config_from_args
 from rtdiar.config import PROJECT_ROOT, ModelConfig
 from rtdiar.errors import RtdiarError
-from rtdiar.inference import SyncScorer, load_scorer, resolve_device, resolve_runtime
-from rtdiar.model import build_model, save_weights
+from rtdiar.scorers.inference import SyncScorer, load_scorer, resolve_device, resolve_runtime
+from rtdiar.scorers.syncnet import build_model, save_weights
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rtdiar.errors import RtdiarError
-from rtdiar.model import build_model, load_weights, pair_models, save_weights
+from rtdiar.scorers.syncnet import build_model, load_weights, pair_models, save_weights
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from rtdiar import inference
 from rtdiar.audio import MEL_SILENCE
 from rtdiar.cli import main
 from rtdiar.config import Config, load_config
-from rtdiar.dataset import PreparedClip, track_clip
+from rtdiar.lab.dataset import PreparedClip, track_clip
 from rtdiar.errors import RtdiarError
 from rtdiar.offset import OffsetResult, analyse_clip, estimate_offset, write_fixed
 from rtdiar.sources import FileSource

@@ -9,7 +9,7 @@ import pytest
 
 from rtdiar.cli import main
 from rtdiar.config import load_config
-from rtdiar.inference import load_scorer
+from rtdiar.scorers.inference import load_scorer
 
 
 def test_the_default_config_loads_the_shipped_model():

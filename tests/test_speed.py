@@ -11,9 +11,9 @@ import pytest
 from rtdiar.cli import main
 from rtdiar.config import load_config
 from rtdiar.engine import Diarizer
-from rtdiar.inference import load_scorer
+from rtdiar.scorers.inference import load_scorer
 from rtdiar.sources import FileSource
-from rtdiar.speed import Variant, parse_variants
+from rtdiar.lab.speed import Variant, parse_variants
 
 STAGES = {"decode", "detect", "track", "crop", "mel", "vad", "model", "decision"}
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from rtdiar.config import load_config
-from rtdiar.dataset import PreparedClip
+from rtdiar.lab.dataset import PreparedClip
 from rtdiar.errors import RtdiarError
-from rtdiar.inference import load_scorer, pack_faces
-from rtdiar.model import build_model, load_weights
-from rtdiar.training import (ClipBank, WindowAUC, augment_faces, augment_mels, compress_faces, contrastive_loss,
+from rtdiar.scorers.inference import load_scorer, pack_faces
+from rtdiar.scorers.syncnet import build_model, load_weights
+from rtdiar.lab.training import (ClipBank, WindowAUC, augment_faces, augment_mels, compress_faces, contrastive_loss,
                              in_sync_starts, load_train_config, recipe_clips, train_model, training_bank)
 
 
@@ -256,7 +256,7 @@ def test_a_run_on_coded_sound_codes_each_training_clip_once(tiny_recipe, tmp_pat
         train_model(tiny_recipe, load_config(), out=tmp_path / "x.safetensors", resume=True)
 
 def test_learning_rate_warms_up_then_follows_the_schedule():
-    from rtdiar.training import learning_rate
+    from rtdiar.lab.training import learning_rate
 
     optim = load_train_config().optim
     optim.lr, optim.warmup_steps, optim.max_steps = 1e-3, 10, 100
@@ -359,7 +359,7 @@ def test_a_lips_run_paired_with_a_compact_model_ships_both(tiny_recipe, tmp_path
 
 def test_asking_whether_a_run_reads_lips_leaves_its_random_stream_alone():
     """The recipe's seed fixes the weights: building a throwaway model to read its inputs must not move it."""
-    from rtdiar.training import reads_lips
+    from rtdiar.lab.training import reads_lips
 
     recipe = load_train_config()
     for arch, lips in (("compact", False), ("lips", True)):

@@ -1,6 +1,6 @@
 """`rtdiar bench --speed` and `--soak`: where a frame's time goes, how late decisions come, how memory holds.
 
-Every run is the real engine on a composite meeting of N people (`rtdiar.composite`), in process so
+Every run is the real engine on a composite meeting of N people (`rtdiar.lab.composite`), in process so
 the per-stage clock (`Diarizer.times`) can be read:
 - fast pace: throughput and milliseconds per frame for each stage (decode, detect, track, crop, mel,
   VAD, model, decision, and drawing the annotated picture, timed here on every result);
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdiar.bench import BenchConfig, markdown_table, sized_meeting
+from rtdiar.lab.bench import BenchConfig, markdown_table, sized_meeting
 from rtdiar.config import Config, load_config
 from rtdiar.drawing import annotate
 from rtdiar.engine import Diarizer
-from rtdiar.inference import SyncScorer, load_scorer
+from rtdiar.scorers.inference import SyncScorer, load_scorer
 from rtdiar.sources import FileSource
 
 STARTUP_S = 2.0  # realtime latency is also reported without the first seconds (model warm-up, first window)
@@ -53,7 +53,7 @@ def resident_mb() -> float:
 def variant_config(config_file: Path | None, variant: Variant, weights_dir: Path) -> Config:
     """The run-time config (defaults, then the user's file) for a variant; an arch other than the
     shipped weights' gets random weights of its own in `weights_dir`."""
-    from rtdiar.model import build_model, save_weights, weights_arch
+    from rtdiar.scorers.syncnet import build_model, save_weights, weights_arch
 
     overrides = {"model.arch": variant.arch, "model.runtime": variant.runtime, "model.device": variant.device}
     shipped = load_config(config_file).model.weights_path()

@@ -12,8 +12,8 @@ from torch import nn
 from rtdiar.config import ModelConfig
 from rtdiar.errors import RtdiarError
 from rtdiar.lips import LIPS_SHAPE
-from rtdiar.model import build_model, face_inputs, load_weights, weights_arch
-from rtdiar.onnx_backend import OnnxTowers  # light: onnxruntime itself is imported when a session is made
+from rtdiar.scorers.syncnet import build_model, face_inputs, load_weights, weights_arch
+from rtdiar.scorers.onnx_backend import OnnxTowers  # light: onnxruntime itself is imported when a session is made
 
 WINDOW_SHAPE = (5, 48, 96, 3)  # frames, height, width, BGR
 LIPS_WINDOW_SHAPE = (5, *LIPS_SHAPE)  # frames, lip points, x y

@@ -37,9 +37,9 @@ from rtdiar import dataset
 from rtdiar.audio import MEL_SILENCE, VoiceActivity
 from rtdiar.cohort import relative_scores
 from rtdiar.config import PROJECT_ROOT, Config
-from rtdiar.dataset import PreparedClip
+from rtdiar.lab.dataset import PreparedClip
 from rtdiar.errors import RtdiarError
-from rtdiar.inference import SyncScorer
+from rtdiar.scorers.inference import SyncScorer
 from rtdiar.offset import clip_face_embeddings, read_offset
 from rtdiar.sources import FileSource
 from rtdiar.types import FrameResult

@@ -1,7 +1,7 @@
 """`rtdiar bench`: who speaks, scored against exact truth, as a user runs the engine.
 
 No labelled multi-speaker recordings exist here, so meetings are composed from real single-speaker
-clips of people never seen in training (`rtdiar.composite`): every tile is in sync with its own
+clips of people never seen in training (`rtdiar.lab.composite`): every tile is in sync with its own
 audio, only the turn's person is heard, the others keep moving their lips. Each meeting goes
 through `rtdiar --video M.mp4 --no-window --jsonl M.jsonl` in a child process, and the JSON lines
 are scored: the speaker's box is mapped to its tile and compared, frame by frame, with the truth.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdiar.composite import CompositeConfig, Truth, composite_config, plan_meetings, render_meeting, tile_of
+from rtdiar.lab.composite import CompositeConfig, Truth, composite_config, plan_meetings, render_meeting, tile_of
 from rtdiar.config import PROJECT_ROOT, Config, build_section, merge_settings, read_yaml
 from rtdiar.errors import RtdiarError
 from rtdiar.types import FaceResult, FrameResult
@@ -288,7 +288,7 @@ def voiced_by_vad(video: Path, results: list[FrameResult], config: Config) -> li
 
 def bench_recordings(config: Config, out_dir: Path, model_args: list[str], data_dir: Path = DEV_DATA) -> dict:
     """The singer of hamilton and the silent crowd, run through the command line."""
-    from rtdiar.evaluate import CROWD, HAMILTON, crowd_figure, hamilton_figure
+    from rtdiar.lab.evaluate import CROWD, HAMILTON, crowd_figure, hamilton_figure
 
     figures = {}
     for name, figure in ((HAMILTON, hamilton_figure), (CROWD, crowd_figure)):

@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from rtdiar.baseline import EnergyBaseline
+from rtdiar.scorers.baseline import EnergyBaseline
 from rtdiar.errors import RtdiarError
 
 MODULE_PREFIX = "module."  # what nn.DataParallel puts in front of every key

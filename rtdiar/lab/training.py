@@ -35,12 +35,12 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from rtdiar.config import PROJECT_ROOT, Config, ModelConfig, WindowConfig, build_section, merge_settings, read_yaml
-from rtdiar.dataset import DEFAULT_CACHE, PreparedClip, cache_path, find_clips, prepare_clips, prepare_coded
+from rtdiar.lab.dataset import DEFAULT_CACHE, PreparedClip, cache_path, find_clips, prepare_clips, prepare_coded
 from rtdiar.errors import RtdiarError
-from rtdiar.evaluate import roc_auc
-from rtdiar.inference import SyncScorer, load_scorer, pack_faces
+from rtdiar.lab.evaluate import roc_auc
+from rtdiar.scorers.inference import SyncScorer, load_scorer, pack_faces
 from rtdiar.lips import MIRRORED
-from rtdiar.model import build_model, face_inputs, pair_models, save_weights, weights_arch
+from rtdiar.scorers.syncnet import build_model, face_inputs, pair_models, save_weights, weights_arch
 from rtdiar.offset import window_similarities
 
 DEFAULT_TRAIN_CONFIG = PROJECT_ROOT / "configs" / "train.yaml"
