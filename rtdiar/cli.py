@@ -364,7 +364,7 @@ def bench(args: argparse.Namespace) -> int:
     """`rtdiar bench`: print the benchmark's tables (Markdown, as docs/BENCHMARKS.md quotes them)."""
     import json
 
-    from rtdiar import bench as accuracy
+    from rtdiar.lab import bench as accuracy
     from rtdiar.outputs import check_output_path
 
     out_json = check_output_path(args.json, args.overwrite, []) if args.json is not None else None
@@ -378,7 +378,7 @@ def bench(args: argparse.Namespace) -> int:
 
 
 def _bench_accuracy(args: argparse.Namespace, cfg, places: dict) -> dict:
-    from rtdiar import bench as accuracy
+    from rtdiar.lab import bench as accuracy
 
     config = config_from_args(args)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtdiar import bench
+from rtdiar.lab import bench
 from rtdiar.lab.composite import Truth, Turn
 from rtdiar.outputs import JsonlSink
 from rtdiar.types import FaceResult, FrameResult

@@ -18,7 +18,7 @@ import pytest
 import soundfile
 
 from conftest import count_frames
-from rtdiar import inference
+from rtdiar.scorers import inference
 from rtdiar.audio import MEL_SILENCE
 from rtdiar.cli import main
 from rtdiar.config import Config, load_config

@@ -33,7 +33,7 @@ import numpy as np
 from scipy.stats import rankdata
 from tqdm import tqdm
 
-from rtdiar import dataset
+from rtdiar.lab import dataset
 from rtdiar.audio import MEL_SILENCE, VoiceActivity
 from rtdiar.cohort import relative_scores
 from rtdiar.config import PROJECT_ROOT, Config
