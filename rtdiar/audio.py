@@ -1,4 +1,5 @@
-"""Audio on the stream: a sample-clocked ring, Wav2Lip's mel spectrogram (whole clip and live), Silero VAD.
+"""Audio on the stream: a sample-clocked ring, Wav2Lip's mel spectrogram (whole clip and live), the
+MFCCs of the LR-ASD / Light-ASD active-speaker models (live), Silero VAD.
 
 Wav2Lip's SyncNet was trained on one exact mel recipe (its `audio.py` + `hparams.py`); the constants
 below are that recipe and are not tunable: change one and the lip-sync expert sees foreign features.
@@ -19,6 +20,9 @@ from functools import lru_cache
 import librosa
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+from python_speech_features.base import get_filterbanks, lifter
+from python_speech_features.sigproc import powspec
+from scipy.fftpack import dct
 from scipy.signal import lfilter
 
 from rtdiar.errors import RtdiarError
@@ -38,6 +42,20 @@ MAX_ABS_VALUE = 4.0
 MEL_SILENCE = -MAX_ABS_VALUE  # the normalised mel of digital silence: what pads audio beyond a clip
 HALF_WIN_SAMPLES = WIN_SAMPLES // 2  # frame m is centred on sample m * HOP_SAMPLES
 
+# python_speech_features.mfcc(audio, 16000, numcep=13, winlen=0.025, winstep=0.010) with its defaults,
+# the features LR-ASD and Light-ASD were trained on; fixed by their weights like Wav2Lip's constants above.
+MFCC_WIN_SAMPLES = 400  # 25 ms, rectangular window
+MFCC_HOP_SAMPLES = 160  # 10 ms: 100 rows a second, rows 4i .. 4i+3 go with video frame i at 25 fps
+MFCC_N_FFT = 512
+MFCC_N_FILTERS = 26
+MFCC_N_CEPSTRA = 13
+MFCC_CEP_LIFTER = 22
+MFCC_PREEMPHASIS = 0.97
+# Their demo reads int16 wav files (scipy's wavfile) and feeds the raw integers. Scale only shifts
+# the energy coefficient (column 0: log of the frame power) by log(32768^2); the other cepstra are
+# scale-free, but the weights learnt that offset, so rtdiar's [-1, 1] floats are scaled back up.
+INT16_FULL_SCALE = 32768.0
+
 VAD_CHUNK_SAMPLES = 512  # the only chunk size Silero VAD accepts at 16 kHz
 
 
@@ -54,11 +72,13 @@ def _mel_basis() -> np.ndarray:
     return basis
 
 
-def _preemphasis(wav: np.ndarray, state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Wav2Lip's pre-emphasis y[n] = x[n] - 0.97 x[n-1], in float64; `state` carries x[-1] across calls."""
+def _preemphasis(wav: np.ndarray, state: np.ndarray | None = None,
+                 coefficient: float = PREEMPHASIS) -> tuple[np.ndarray, np.ndarray]:
+    """Pre-emphasis y[n] = x[n] - c x[n-1] (Wav2Lip's c by default), in float64; `state` carries x[-1]
+    across calls. A zero start state gives y[0] = x[0], as python_speech_features' `preemphasis` does."""
     if state is None:
         state = np.zeros(1)
-    return lfilter([1.0, -PREEMPHASIS], [1.0], np.asarray(wav, dtype=np.float64), zi=state)
+    return lfilter([1.0, -coefficient], [1.0], np.asarray(wav, dtype=np.float64), zi=state)
 
 
 def _normalised_mel(magnitude: np.ndarray) -> np.ndarray:
@@ -222,6 +242,103 @@ class MelBuffer:
                 self._frames[:, np.arange(first_frame, stop_frame) % self.capacity_frames] = mel
                 self._frames_ready = stop_frame
         keep_from = self._frames_ready * HOP_SAMPLES - HALF_WIN_SAMPLES  # the next frame's first sample
+        self._tail = buffer[keep_from - self._tail_start:]
+        self._tail_start = keep_from
+
+
+@lru_cache(maxsize=1)
+def _mfcc_filterbank() -> np.ndarray:
+    """python_speech_features' 26 mel filters over the 257 bins of a 512-point FFT, computed once."""
+    basis = get_filterbanks(MFCC_N_FILTERS, MFCC_N_FFT, MEL_SAMPLE_RATE)
+    basis.setflags(write=False)
+    return basis
+
+
+def _mfcc_of_frames(frames: np.ndarray) -> np.ndarray:
+    """Pre-emphasised frames (F, 400) -> (F, 13) float32: python_speech_features' `fbank` and `mfcc`
+    after their framing step, zero-energy guards included (silence gives log(eps), not -inf)."""
+    power = powspec(frames, MFCC_N_FFT)
+    tiny = np.finfo(float).eps
+    energy = power.sum(axis=1)
+    bands = power @ _mfcc_filterbank().T
+    cepstra = dct(np.log(np.where(bands == 0, tiny, bands)), type=2, axis=1, norm="ortho")[:, :MFCC_N_CEPSTRA]
+    cepstra = lifter(cepstra, MFCC_CEP_LIFTER)
+    cepstra[:, 0] = np.log(np.where(energy == 0, tiny, energy))  # appendEnergy
+    return cepstra.astype(np.float32)
+
+
+class MfccBuffer:
+    """LR-ASD's MFCCs computed incrementally on a live stream, kept in a ring of `capacity_frames` rows.
+
+    Every row equals (to float tolerance) the same row of `python_speech_features.mfcc` of the whole
+    stream scaled to int16 range. Row j covers samples [160 j, 160 j + 400), so it is computed as soon
+    as sample 160 j + 399 has been pushed; `finish()` zero-pads the end as the library does (a last
+    partial row, or one row for a stream shorter than 400 samples). Video frame i at 25 fps goes with
+    rows 4i .. 4i+3. `push` and `window` may be called from different threads.
+    """
+
+    def __init__(self, capacity_frames: int, sample_rate: int = MEL_SAMPLE_RATE) -> None:
+        _require_16k(sample_rate, "MfccBuffer")
+        if capacity_frames <= 0:
+            raise ValueError(f"capacity_frames must be positive, got {capacity_frames}")
+        self.capacity_frames = int(capacity_frames)
+        self._frames = np.zeros((self.capacity_frames, MFCC_N_CEPSTRA), dtype=np.float32)
+        self._preemphasis_state = np.zeros(1)
+        # Pre-emphasised samples from absolute index `_tail_start` on: those the next row needs.
+        self._tail = np.zeros(0)
+        self._tail_start = 0
+        self._frames_ready = 0
+        self._finished = False
+        self._lock = threading.Lock()
+
+    @property
+    def frames_ready(self) -> int:
+        """Absolute count of rows computed so far (rows 0 .. frames_ready-1)."""
+        with self._lock:
+            return self._frames_ready
+
+    def push(self, samples: np.ndarray) -> None:
+        """Add the next float samples in [-1, 1] and compute every row they complete."""
+        if self._finished:
+            raise ValueError("MfccBuffer.push after finish()")
+        scaled = np.ravel(samples).astype(np.float64) * INT16_FULL_SCALE
+        emphasised, self._preemphasis_state = _preemphasis(scaled, self._preemphasis_state, MFCC_PREEMPHASIS)
+        self._extend(emphasised)
+
+    def finish(self) -> None:
+        """End of stream: compute the rows the library pads with zeros (none if nothing was pushed)."""
+        if self._finished:
+            return
+        self._finished = True
+        samples_end = self._tail_start + len(self._tail)
+        if samples_end == 0:
+            return  # python_speech_features has no row for an empty signal (it fails on one)
+        rows = 1 + -(-max(0, samples_end - MFCC_WIN_SAMPLES) // MFCC_HOP_SAMPLES)  # framesig's count
+        missing = (rows - 1) * MFCC_HOP_SAMPLES + MFCC_WIN_SAMPLES - samples_end
+        self._extend(np.zeros(max(0, missing)))
+
+    def window(self, start: int, n: int) -> np.ndarray | None:
+        """Rows [start, start+n) as (n, 13) float32, or None if any is not computed, evicted or negative."""
+        with self._lock:
+            if start < 0 or start + n > self._frames_ready or start < self._frames_ready - self.capacity_frames:
+                return None
+            return self._frames[np.arange(start, start + n) % self.capacity_frames]
+
+    def _extend(self, emphasised: np.ndarray) -> None:
+        """Append pre-emphasised samples; compute and store all newly complete rows in one batch."""
+        buffer = np.concatenate([self._tail, emphasised])
+        samples_end = self._tail_start + len(buffer)
+        stop_frame = max(0, (samples_end - MFCC_WIN_SAMPLES) // MFCC_HOP_SAMPLES + 1)  # rows < stop are complete
+        # Rows that the ring would evict at once are never computed.
+        first_frame = max(self._frames_ready, stop_frame - self.capacity_frames)
+        if stop_frame > first_frame:
+            offset = first_frame * MFCC_HOP_SAMPLES - self._tail_start
+            frames = sliding_window_view(buffer[offset:], MFCC_WIN_SAMPLES)[::MFCC_HOP_SAMPLES]
+            mfcc = _mfcc_of_frames(frames[:stop_frame - first_frame])
+            with self._lock:
+                self._frames[np.arange(first_frame, stop_frame) % self.capacity_frames] = mfcc
+                self._frames_ready = stop_frame
+        keep_from = self._frames_ready * MFCC_HOP_SAMPLES  # the next row's first sample
         self._tail = buffer[keep_from - self._tail_start:]
         self._tail_start = keep_from
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rtdiar.config import Config, load_config
 from rtdiar.errors import RtdiarError
+from rtdiar.scorers.registry import build_weights_parser, weights_command
 
 DESCRIPTION = """\
 Real-time audio-visual speaker diarization: shows who is speaking by checking whose lips move in
@@ -27,6 +28,7 @@ other commands (each has --help):
   rtdiar train                                       train the lip-sync expert (configs/train.yaml)
   rtdiar evaluate                                    the model's figures on unseen people (../shared/data/dev)
   rtdiar bench [--speed | --soak]                    who-speaks accuracy on composite meetings; speed; soak
+  rtdiar weights [download NAME... [--from DIR]]     models by name for --weights; fetch third-party ones
 """
 
 
@@ -64,7 +66,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
     """--config and the model flags, shared by every command that scores."""
     tune = parser.add_argument_group("settings (defaults in configs/default.yaml)")
     tune.add_argument("--config", metavar="FILE", type=Path, help="YAML file overriding configs/default.yaml")
-    tune.add_argument("--weights", metavar="FILE", help="model weights: rtdiar's .safetensors or Wav2Lip's lipsync_expert.pth")
+    tune.add_argument("--weights", metavar="NAME|FILE",
+                      help="model weights: a known name (`rtdiar weights` lists them) or a path "
+                           "(rtdiar's .safetensors or Wav2Lip's lipsync_expert.pth)")
     tune.add_argument("--arch", metavar="NAME",
                       help="model architecture (default: configs/default.yaml, or what an rtdiar weights file names)")
     tune.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the model runs (auto: CUDA if available)")
@@ -209,9 +213,9 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     config = config_from_args(args)
     paths = _output_paths(args)
+    scorer = load_scorer(config)  # before the source opens: a camera is not held while bad weights are reported
     with tempfile.TemporaryDirectory(prefix="rtdiar-") as scratch:
         source = _open_source(args, config, Path(scratch))
-        scorer = load_scorer(config.model)
         sinks = _open_sinks(paths, config, source)
         diarizer = Diarizer(config, scorer)
         try:
@@ -229,6 +233,18 @@ def run(args: argparse.Namespace) -> int:
     if stats["dropped"]:
         print(f"rtdiar: {stats['dropped']} frames dropped because processing fell behind", file=sys.stderr)
     return 0
+
+
+def _sync_scorer(config: Config, command: str):
+    """A lip-sync expert for the commands that pair faces with shifted sound; an active-speaker
+    model (a whole-track logit, no sync embeddings) is one line saying where it is measured."""
+    from rtdiar.scorers.inference import load_scorer
+
+    scorer = load_scorer(config)
+    if scorer.family != "sync":
+        raise RtdiarError(f"rtdiar {command} needs a lip-sync expert (rtdiar-pair, rtdiar-lips or a file of one); "
+                          f"'{config.model.weights}' is an active-speaker model: `rtdiar bench` measures it")
+    return scorer
 
 
 def _command_parser(name: str, description: str) -> argparse.ArgumentParser:
@@ -256,7 +272,6 @@ def offset(args: argparse.Namespace) -> int:
     """`rtdiar offset`: measure (and optionally repair) a clip's audio-video offset."""
     import json
 
-    from rtdiar.scorers.inference import load_scorer
     from rtdiar.offset import analyse_clip, write_fixed
     from rtdiar.outputs import check_output_path
 
@@ -264,7 +279,7 @@ def offset(args: argparse.Namespace) -> int:
         raise RtdiarError("--max-shift must be at least 1")
     out = check_output_path(args.fix, args.overwrite, [args.file]) if args.fix is not None else None
     config = config_from_args(args)
-    result = analyse_clip(args.file, config, load_scorer(config.model), config.offset.max_shift)
+    result = analyse_clip(args.file, config, _sync_scorer(config, "offset"), config.offset.max_shift)
     print(json.dumps(result.to_json()) if args.json else result.describe())
     if out is not None and not result.reliable and not args.force:
         raise RtdiarError(f"{args.file.name}: not fixed, the reading is unreliable: {result.doubt} "
@@ -324,7 +339,6 @@ def evaluate(args: argparse.Namespace) -> int:
     import json
 
     from rtdiar.lab.evaluate import evaluate_model, format_report
-    from rtdiar.scorers.inference import load_scorer
     from rtdiar.outputs import check_output_path
 
     out = check_output_path(args.json, args.overwrite, []) if args.json is not None else None
@@ -336,7 +350,7 @@ def evaluate(args: argparse.Namespace) -> int:
         clips = recipe_clips(recipe.data.validation, recipe)
         args.weights = args.weights or str(recipe.path(recipe.out))
     config = config_from_args(args)
-    figures = evaluate_model(config, load_scorer(config.model), data_dir=args.data, cache_dir=args.cache, clips=clips,
+    figures = evaluate_model(config, _sync_scorer(config, "evaluate"), data_dir=args.data, cache_dir=args.cache, clips=clips,
                              scale=args.scale)
     print(format_report(figures))
     if out is not None:
@@ -424,6 +438,7 @@ COMMANDS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[[argpa
     "train": (build_train_parser, train),
     "evaluate": (build_evaluate_parser, evaluate),
     "bench": (build_bench_parser, bench),
+    "weights": (build_weights_parser, weights_command),
 }
 
 

@@ -69,8 +69,11 @@ class ModelConfig:
     stride_frames: int
 
     def weights_path(self) -> Path:
-        """Relative weights paths are taken from the project root, so they work from any cwd."""
-        path = Path(self.weights).expanduser()
+        """A known model's name (`rtdiar weights`) is its file on this machine; relative paths are
+        taken from the project root, so they work from any cwd."""
+        from rtdiar.scorers.registry import resolve  # it imports this module
+
+        path = resolve(self.weights).expanduser()
         return path if path.is_absolute() else PROJECT_ROOT / path
 
 
@@ -98,6 +101,30 @@ class DecisionConfig:
 
 
 @dataclass
+class AsdConfig:
+    """The active-speaker scorers' input and streaming (LR-ASD, Light-ASD); their decision defaults
+    are `asd.decision`, laid over `decision` when such a model runs."""
+
+    box_scale: float
+    window_frames: int
+    delay_frames: int | None
+    lookahead_frames: int
+    threads: int
+    decision: dict
+
+    def __post_init__(self) -> None:
+        unknown = set(self.decision) - {f.name for f in dataclasses.fields(DecisionConfig)}
+        if unknown:
+            raise RtdiarError(f"unknown config key 'asd.decision.{sorted(unknown)[0]}'")
+        for name, least in (("window_frames", 1), ("delay_frames", 0), ("lookahead_frames", 0), ("threads", 1)):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or value < least):
+                raise RtdiarError(f"config key 'asd.{name}' must be a whole number of at least {least}, got {value!r}")
+        if self.lookahead_frames >= self.window_frames:
+            raise RtdiarError("config key 'asd.lookahead_frames' must be smaller than 'asd.window_frames'")
+
+
+@dataclass
 class OffsetConfig:
     max_shift: int
     min_confidence: float
@@ -118,6 +145,7 @@ class Config:
     window: WindowConfig
     model: ModelConfig
     decision: DecisionConfig
+    asd: AsdConfig
     offset: OffsetConfig
     ui: UIConfig
 
@@ -177,21 +205,40 @@ _SECTIONS = {
     "window": WindowConfig,
     "model": ModelConfig,
     "decision": DecisionConfig,
+    "asd": AsdConfig,
     "offset": OffsetConfig,
     "ui": UIConfig,
 }
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Defaults, then the user's YAML file, then dotted overrides such as {"model.device": "cpu"}."""
-    data = read_yaml(DEFAULT_CONFIG)
-    if path is not None:
-        data = merge_settings(data, read_yaml(Path(path)), "")
+    """Defaults, the scorer family's own decision defaults (`asd.decision` for an active-speaker
+    model), then the user's YAML file, then dotted overrides such as {"model.device": "cpu"}."""
+    defaults = read_yaml(DEFAULT_CONFIG)
+    user = read_yaml(Path(path)) if path is not None else {}
     nested: dict = {}
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
         section, _, key = dotted.partition(".")
         nested.setdefault(section, {})[key] = value
-    data = merge_settings(data, nested, "")
+    data = merge_settings(merge_settings(defaults, user, ""), nested, "")
+    if scorer_family(build_section(ModelConfig, data["model"], "model.")) == "asd":
+        family = merge_settings(defaults, {"decision": data["asd"]["decision"]}, "")
+        data = merge_settings(merge_settings(family, user, ""), nested, "")
     return Config(**{name: build_section(cls, data[name], f"{name}.") for name, cls in _SECTIONS.items()})
+
+
+ASD_ARCHS = ("lrasd", "lightasd")
+
+
+def scorer_family(model: ModelConfig) -> str:
+    """`asd` for an active-speaker model (LR-ASD, Light-ASD: a logit scale), else `sync` (a lip-sync
+    expert's cosine); `auto` asks the weights file."""
+    arch = model.arch
+    if arch == "auto":
+        from rtdiar.scorers.syncnet import weights_arch  # the model side, loaded only when asked
+
+        path = model.weights_path()
+        arch = weights_arch(path) if path.is_file() else None
+    return "asd" if arch in ASD_ARCHS else "sync"

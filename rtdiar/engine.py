@@ -15,18 +15,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rtdiar.audio import AudioRing, MelBuffer, VoiceActivity
+from rtdiar.audio import AudioRing, MelBuffer, MfccBuffer, VoiceActivity
 from rtdiar.cohort import OffSyncCohort
 from rtdiar.config import Config
 from rtdiar.decision import CausalSmoother, SpeakerDecision
 from rtdiar.errors import RtdiarError
-from rtdiar.scorers.inference import WINDOW_SHAPE, SyncScorer
 from rtdiar.lips import LipLandmarker
+from rtdiar.scorers.base import Scorer, TrackWindow
 from rtdiar.sources import VideoFrame
 from rtdiar.timing import StageTimes
-from rtdiar.tracking import FaceDetector, IoUTracker, ShotCuts, crop_mouth_region
+from rtdiar.tracking import FaceDetector, IoUTracker, ShotCuts
 from rtdiar.types import FaceResult, FrameResult
-from rtdiar.windows import CropHistory, audio_end_sample, mel_start_index, window_times
+from rtdiar.windows import MFCC_PER_FRAME, CropHistory, audio_end_sample, mel_start_index, mfcc_end_sample, window_times
 
 _END = object()  # sentinel: the video stream ended
 DETECTED_AHEAD = 2  # frames detected and waiting for processing
@@ -67,7 +67,7 @@ class _Rate:
 class Diarizer:
     """Streams FrameResults from a source: detect, track, window, score, smooth, decide."""
 
-    def __init__(self, config: Config, scorer: SyncScorer) -> None:
+    def __init__(self, config: Config, scorer: Scorer) -> None:
         self.config = config
         self.scorer = scorer
         self._stop = threading.Event()
@@ -190,14 +190,14 @@ class Diarizer:
 
     def _process(self, source, detected: queue.Queue, ring: AudioRing) -> Iterator[FrameResult]:
         """The frames processed in order; FaceMesh runs here, on the tracked boxes, for a model that reads lip points."""
-        with LipLandmarker() if self.scorer.needs_lips else contextlib.nullcontext() as landmarker:
+        with LipLandmarker() if self.scorer.needs.lips else contextlib.nullcontext() as landmarker:
             yield from self._process_frames(source, detected, ring, landmarker)
 
     def _process_frames(self, source, detected: queue.Queue, ring: AudioRing,
                         landmarker: LipLandmarker | None) -> Iterator[FrameResult]:
-        cfg = self.config
+        cfg, needs = self.config, self.scorer.needs
         tracker = IoUTracker(cfg.tracker)
-        stream = _AudioFeatures(cfg, ring, self.times)
+        stream = _AudioFeatures(cfg, needs.audio, ring, self.times)
         smoother = CausalSmoother(cfg.decision.smooth_windows)
         cohort = OffSyncCohort(shifts) if (shifts := cfg.decision.cohort()) else None
         decision = SpeakerDecision(cfg.decision)
@@ -213,10 +213,11 @@ class Diarizer:
                 for ended in tracker.ended_ids():
                     histories.pop(ended, None)
                     smoother.forget(ended)
+                    self.scorer.forget(ended)
                     if cohort is not None:
                         cohort.forget(ended)
             with self.times.stage("crop"):
-                crops = [crop_mouth_region(frame.image, track.box, cfg.tracker, cfg.window.crop_px) for track in tracks]
+                crops = [needs.crop(frame.image, track.box) for track in tracks]
             lips = [None] * len(tracks)
             if landmarker is not None:
                 with self.times.stage("lips"):
@@ -224,12 +225,12 @@ class Diarizer:
             for track, crop, points in zip(tracks, crops, lips):
                 histories.setdefault(track.id, CropHistory()).add(frame.t, crop, points)
             t_audio = frame.t - self._audio_start(source, ring)
-            stream.advance_to(audio_end_sample(t_audio, cfg.window, cfg.audio.sample_rate), self._stop)
+            stream.advance_to(stream.end_sample(t_audio), self._stop)
             self._audio_consumed = stream.consumed
             raw = {}
             if frame.index % cfg.model.stride_frames == 0:
                 with self.times.stage("model"):
-                    raw = self._score(tracks, histories, frame.t, stream.mel_window(t_audio), cohort)
+                    raw = self._score(tracks, histories, frame.t, stream.window(t_audio, needs.audio_frames), cohort)
             with self.times.stage("decision"):
                 faces = [FaceResult(track.id, tuple(float(v) for v in track.box),
                                     smoother.add(track.id, raw[track.id]) if track.id in raw
@@ -245,28 +246,23 @@ class Diarizer:
             yield FrameResult(frame.index, frame.t, faces, speaker, self._latency_ms, speech,
                               frame.image, frame.capture_time)
 
-    def _score(self, tracks, histories: dict[int, CropHistory], t: float, mel: np.ndarray | None,
+    def _score(self, tracks, histories: dict[int, CropHistory], t: float, audio: np.ndarray | None,
                cohort: OffSyncCohort | None) -> dict[int, float]:
-        """One batched model call for every track with a full 5-frame window; each score relative to
-        its off-sync pairings when there is a cohort (whose sound is embedded even with no face ready)."""
-        if mel is None:
+        """One scorer call for every track with a full window; each score relative to its off-sync
+        pairings when there is a cohort and the scorer gives embeddings (the sound's even with no
+        face ready, for later windows to pair with)."""
+        if audio is None:
             return {}
-        wcfg, needs_lips = self.config.window, self.scorer.needs_lips
-        ready = []
-        for track in tracks:
-            history = histories[track.id]
-            window, lips = history.window_with_lips(t, wcfg.frames, wcfg.fps) if needs_lips \
-                else (history.window(t, wcfg.frames, wcfg.fps), None)
-            if window is not None and (lips is not None or not needs_lips):
-                ready.append((track.id, window, lips))
+        needs, fps = self.scorer.needs, self.config.window.fps
+        ready = [window for track in tracks if (window := _track_window(track.id, histories[track.id], t, needs.frames,
+                                                                         fps, needs.lips)) is not None]
         if not ready and cohort is None:
             return {}
-        windows = np.stack([window for _, window, _ in ready]) if ready else np.zeros((0, *WINDOW_SHAPE), np.uint8)
-        lips = np.stack([points for _, _, points in ready]) if needs_lips and ready else None
-        faces, audio = self.scorer.embed(windows, mel, lips)
-        if cohort is None:
-            return {tid: float(face @ audio) for (tid, _, _), face in zip(ready, faces)}
-        return cohort.scores(int(round(t * wcfg.fps)), audio, {tid: face for (tid, _, _), face in zip(ready, faces)})
+        step = int(round(t * fps))
+        scores = self.scorer.score_frame(step, ready, audio)
+        if cohort is None or scores.audio is None:
+            return scores.raw
+        return cohort.scores(step, scores.audio, scores.faces)
 
     def _audio_start(self, source, ring: AudioRing) -> float:
         """Timeline time of ring sample 0; a microphone sets it with its first block."""
@@ -278,16 +274,33 @@ class Diarizer:
         return source.audio_start_s
 
 
-class _AudioFeatures:
-    """Pulls new samples from the ring into the incremental mel and the VAD, in order."""
+def _track_window(track_id: int, history: CropHistory, t: float, frames: int, fps: float,
+                  lips: bool) -> TrackWindow | None:
+    """A track's last `frames` crops at `fps` ending at `t` (with their lip points when asked), or
+    None while it has no such window."""
+    if not lips:
+        crops = history.window(t, frames, fps)
+        return None if crops is None else TrackWindow(track_id, crops)
+    crops, points = history.window_with_lips(t, frames, fps)
+    return None if crops is None or points is None else TrackWindow(track_id, crops, points)
 
-    def __init__(self, cfg: Config, ring: AudioRing, times: StageTimes) -> None:
+
+class _AudioFeatures:
+    """Pulls new samples from the ring into the scorer's sound features and the VAD, in order."""
+
+    def __init__(self, cfg: Config, kind: str, ring: AudioRing, times: StageTimes) -> None:
         self.cfg = cfg
+        self.kind = kind
         self.ring = ring
         self.times = times
         self.consumed = 0
         sample_rate = cfg.audio.sample_rate
-        self.mel = MelBuffer(int(cfg.audio.ring_s * 80), sample_rate)
+        if kind == "mel":
+            self.features = MelBuffer(int(cfg.audio.ring_s * 80), sample_rate)
+        elif kind == "mfcc":
+            self.features = MfccBuffer(int(cfg.audio.ring_s * 100), sample_rate)
+        else:
+            raise ValueError(f"unknown sound features {kind!r} (mel or mfcc)")
         self.vad = VoiceActivity(sample_rate)
         self._finished = False
 
@@ -301,20 +314,32 @@ class _AudioFeatures:
             available = self.ring.written
             if available > self.consumed:
                 block = self.ring.read(self.consumed, available)
-                with self.times.stage("mel"):
-                    self.mel.push(block)
+                with self.times.stage(self.kind):
+                    self.features.push(block)
                 with self.times.stage("vad"):
                     self.vad.push(block)
                 self.consumed = available
             elif self.ring.closed:
-                self.mel.finish()
+                self.features.finish()
                 self._finished = True
 
-    def mel_window(self, t_audio: float) -> np.ndarray | None:
-        """The 16 mel frames (0.2 s) aligned with the 5-frame window that ends at `t_audio`."""
+    def end_sample(self, t_audio: float) -> int:
+        """The sample (exclusive) the features of the frame at `t_audio` need."""
+        if self.kind == "mel":
+            return audio_end_sample(t_audio, self.cfg.window, self.cfg.audio.sample_rate)
+        return mfcc_end_sample(t_audio, self.cfg.window.fps)
+
+    def window(self, t_audio: float, frames: int) -> np.ndarray | None:
+        """The sound features of the `frames` video frames that end at `t_audio`: the 16 mel frames
+        (0.2 s) of the SyncNet window, or MFCC rows, 4 a frame (from the stream's start while it is
+        younger than the window)."""
         wcfg = self.cfg.window
-        start = mel_start_index(float(window_times(t_audio, wcfg.frames, wcfg.fps)[0]))
-        return self.mel.window(start, wcfg.mel_frames) if start >= 0 else None
+        if self.kind == "mel":
+            start = mel_start_index(float(window_times(t_audio, wcfg.frames, wcfg.fps)[0]))
+            return self.features.window(start, wcfg.mel_frames) if start >= 0 else None
+        stop = (int(round(t_audio * wcfg.fps)) + 1) * MFCC_PER_FRAME
+        start = max(0, stop - frames * MFCC_PER_FRAME)
+        return self.features.window(start, stop - start) if stop > start else None
 
     def speech(self, t_audio: float) -> bool:
         wcfg = self.cfg.window

@@ -259,3 +259,33 @@ def crop_mouth_region(image_bgr: np.ndarray, box: np.ndarray, cfg: TrackerConfig
     resized = cv2.resize(face, (size_px, size_px),
                          interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
     return np.ascontiguousarray(resized[size_px // 2:])
+
+
+ASD_PAD_GREY = 110  # LR-ASD / Light-ASD pad the frame with this grey where the crop leaves it
+ASD_RESIZE_PX = 224
+ASD_FACE_PX = 112
+
+
+def crop_asd_face(image_bgr: np.ndarray, box: np.ndarray, scale: float) -> np.ndarray:
+    """The (112, 112) uint8 grey face LR-ASD and Light-ASD were trained on.
+
+    Their S3FD boxes are looser than MediaPipe's, so `box` (x1, y1, x2, y2) is first scaled by `scale`
+    about its centre. Then their crop: centre (x, y), half-size s = max(w, h) / 2, rows y - s .. y + 1.8 s
+    and columns x - 1.4 s .. x + 1.4 s (40 % context, more below the face than above), grey 110 outside
+    the frame, resized to 224 x 224 (cv2's default bilinear), made grey, and the centre 112 x 112 kept.
+    """
+    x1, y1, x2, y2 = (float(v) for v in box)
+    x, y = (x1 + x2) / 2, (y1 + y2) / 2
+    s = scale * max(x2 - x1, y2 - y1) / 2
+    # whole pixels as their int() of padded, hence positive, coordinates: floor; at least one pixel
+    top, left = math.floor(y - s), math.floor(x - 1.4 * s)
+    bottom, right = max(math.floor(y + 1.8 * s), top + 1), max(math.floor(x + 1.4 * s), left + 1)
+    img_h, img_w = image_bgr.shape[:2]
+    inside = image_bgr[max(top, 0):max(min(bottom, img_h), 0), max(left, 0):max(min(right, img_w), 0)]
+    if inside.size == 0:  # the crop lies wholly outside the frame: all padding
+        return np.full((ASD_FACE_PX, ASD_FACE_PX), ASD_PAD_GREY, np.uint8)
+    face = cv2.copyMakeBorder(inside, max(-top, 0), max(bottom - img_h, 0), max(-left, 0), max(right - img_w, 0),
+                              cv2.BORDER_CONSTANT, value=(ASD_PAD_GREY,) * 3)
+    grey = cv2.cvtColor(cv2.resize(face, (ASD_RESIZE_PX, ASD_RESIZE_PX)), cv2.COLOR_BGR2GRAY)
+    margin = (ASD_RESIZE_PX - ASD_FACE_PX) // 2
+    return np.ascontiguousarray(grey[margin:margin + ASD_FACE_PX, margin:margin + ASD_FACE_PX])

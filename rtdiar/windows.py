@@ -15,6 +15,8 @@ from rtdiar.lips import fill_gaps
 
 MEL_FPS = 80.0  # Wav2Lip mel: hop 200 samples at 16 kHz
 MEL_WINDOW_S = 0.05  # 800-sample STFT window; frame m is centred on m / MEL_FPS
+MFCC_PER_FRAME = 4  # LR-ASD / Light-ASD: 100 Hz MFCCs, rows 4i..4i+3 go with 25 fps video frame i
+MFCC_HOP_S, MFCC_WINDOW_S = 0.010, 0.025
 
 
 def window_times(t_end: float, frames: int = 5, fps: float = 25.0) -> np.ndarray:
@@ -35,6 +37,12 @@ def audio_end_sample(t_end: float, cfg_window: WindowConfig, sample_rate: int) -
     t_start_s = float(window_times(t_end, cfg_window.frames, cfg_window.fps)[0])
     last_mel = mel_start_index(t_start_s) + cfg_window.mel_frames - 1
     return int(round((last_mel / MEL_FPS + MEL_WINDOW_S / 2) * sample_rate))
+
+
+def mfcc_end_sample(t_end: float, fps: float = 25.0, sample_rate: int = 16000) -> int:
+    """The sample (exclusive) that completes the last MFCC row of the video frame at `t_end`."""
+    last_row = (int(round(t_end * fps)) + 1) * MFCC_PER_FRAME - 1
+    return int(round((last_row * MFCC_HOP_S + MFCC_WINDOW_S) * sample_rate))
 
 
 class CropHistory:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,19 @@ def count_frames(path: Path) -> int:
         count += 1
     capture.release()
     return count
+
+
+@pytest.fixture(scope="session")
+def asd_weights_dir(shared_dir: Path, tmp_path_factory) -> Iterator[Path]:
+    """The four third-party active-speaker weights installed from ../shared/weights (checksums verified) into
+    a temporary RTDIAR_WEIGHTS_DIR, set for the session, so `--weights lrasd-ava` resolves in tests and the
+    `rtdiar` processes they start, and nothing touches the user's cache."""
+    from rtdiar.scorers.registry import MODELS, install_from
+
+    folder = tmp_path_factory.mktemp("asd_weights")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RTDIAR_WEIGHTS_DIR", str(folder))
+        for model in MODELS.values():
+            if not model.shipped:
+                install_from(model.name, shared_dir / "weights")
+        yield folder

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import soundfile
 
 from conftest import WEIGHTS_FIXTURE, count_frames

@@ -10,20 +10,23 @@ import numpy as np
 import pytest
 
 from conftest import DEV_WILD, count_frames
+from rtdiar.config import load_config
 from rtdiar.engine import Diarizer
+from rtdiar.scorers.inference import EmbeddingScorer, sync_needs
 from rtdiar.sources import FileSource
 
 
 EMBED_DIM = 80  # the test doubles' embedding size: one per mel band
 
 
-class ConstantScorer:
+class ConstantScorer(EmbeddingScorer):
     """Rates every face window the same with any sound, and records what the engine fed it: every
     sound embeds as one direction, every face at cosine `value` from it."""
 
     needs_lips = False
 
     def __init__(self, value: float = 0.9) -> None:
+        self.needs = sync_needs(load_config(), self.needs_lips)
         self.value = value
         self.calls: list[tuple[tuple, tuple]] = []
         self.lips: list[np.ndarray] = []

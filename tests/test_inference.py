@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pytest
 import torch
 
 from rtdiar.cli import build_offset_parser, build_parser, config_from_args
-from rtdiar.config import PROJECT_ROOT, ModelConfig
+from rtdiar.config import PROJECT_ROOT, Config, ModelConfig, load_config
 from rtdiar.errors import RtdiarError
 from rtdiar.scorers.inference import SyncScorer, load_scorer, resolve_device, resolve_runtime
 from rtdiar.scorers.syncnet import build_model, save_weights
@@ -19,8 +20,9 @@ def scorer() -> SyncScorer:
     return SyncScorer(build_model("wav2lip"), torch.device("cpu"))
 
 
-def model_config(weights, arch: str = "auto", runtime: str = "torch", device: str = "cpu") -> ModelConfig:
-    return ModelConfig(arch=arch, weights=str(weights), device=device, runtime=runtime, stride_frames=1)
+def model_config(weights, arch: str = "auto", runtime: str = "torch", device: str = "cpu") -> Config:
+    model = ModelConfig(arch=arch, weights=str(weights), device=device, runtime=runtime, stride_frames=1)
+    return dataclasses.replace(load_config(), model=model)
 
 
 @pytest.fixture

@@ -13,12 +13,12 @@ from rtdiar.scorers.inference import load_scorer
 
 
 def test_the_default_config_loads_the_shipped_model():
-    scorer = load_scorer(load_config().model)
+    scorer = load_scorer(load_config())
     assert scorer.model.arch == "compact_pair" and not scorer.needs_lips  # pixels only: FaceMesh is not run
 
 
 def test_the_more_accurate_shipped_model_reads_pixels_and_lip_points():
-    scorer = load_scorer(load_config(overrides={"model.weights": "weights/rtdiar_syncnet_lips.safetensors"}).model)
+    scorer = load_scorer(load_config(overrides={"model.weights": "weights/rtdiar_syncnet_lips.safetensors"}))
     assert scorer.model.arch == "compact_lips" and scorer.needs_lips
 
 

@@ -24,7 +24,7 @@ def test_the_engine_times_every_stage_of_a_run(dev_clip: Path, weights, extra):
     """The lips model adds FaceMesh's stage; the default pixel pair does not run it."""
     config = load_config(overrides={"model.weights": weights})
     source = FileSource(dev_clip, None, "fast", config.video, config.audio)
-    diarizer = Diarizer(config, load_scorer(config.model))
+    diarizer = Diarizer(config, load_scorer(config))
     frames = sum(1 for _ in diarizer.run(source))
     per_frame = diarizer.times.per_frame_ms(frames)
     assert set(per_frame) == STAGES | extra

@@ -195,7 +195,7 @@ def test_a_run_writes_loadable_weights_and_resumes(tiny_recipe, tmp_path):
     train_model(tiny_recipe, load_config(), out=out)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and all(0.0 <= r["validation_auc"] <= 1.0 for r in log)
-    scorer = load_scorer(load_config(overrides={"model.weights": str(out)}).model)
+    scorer = load_scorer(load_config(overrides={"model.weights": str(out)}))
     assert scorer.model.arch == "compact"
 
     with pytest.raises(RtdiarError, match="exists"):
@@ -289,10 +289,10 @@ def test_a_run_paired_with_an_earlier_model_ships_the_pair(tiny_recipe, tmp_path
     tiny_recipe.pair_with = str(first)
     tiny_recipe.run_dir = str(tmp_path / "second")
     out = train_model(tiny_recipe, load_config(), out=tmp_path / "pair.safetensors")
-    scorer = load_scorer(load_config(overrides={"model.weights": str(out)}).model)
+    scorer = load_scorer(load_config(overrides={"model.weights": str(out)}))
     assert scorer.model.arch == "compact_pair"
     first_member = scorer.model.members[0].state_dict()
-    for key, value in load_scorer(load_config(overrides={"model.weights": str(first)}).model).model.state_dict().items():
+    for key, value in load_scorer(load_config(overrides={"model.weights": str(first)})).model.state_dict().items():
         torch.testing.assert_close(first_member[key], value)  # the earlier model, unchanged, is one half
 
 
@@ -349,7 +349,7 @@ def test_a_lips_run_paired_with_a_compact_model_ships_both(tiny_recipe, tmp_path
     out = train_model(tiny_recipe, load_config(), out=tmp_path / "fused.safetensors")
     log = [json.loads(line) for line in (tmp_path / "lips" / "log.jsonl").read_text().splitlines()]
     assert all(0.0 <= record["validation_auc"] <= 1.0 for record in log)  # validated on lip points
-    scorer = load_scorer(load_config(overrides={"model.weights": str(out)}).model)
+    scorer = load_scorer(load_config(overrides={"model.weights": str(out)}))
     assert scorer.model.arch == "compact_lips" and scorer.needs_lips
     assert [m.arch for m in scorer.model.members] == ["compact", "lips"]
     with pytest.raises(RtdiarError, match="pair_with pairs .*'compact_lips' with the run's 'lips'"):

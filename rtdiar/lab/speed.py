@@ -23,7 +23,8 @@ from rtdiar.lab.bench import BenchConfig, markdown_table, sized_meeting
 from rtdiar.config import Config, load_config
 from rtdiar.drawing import annotate
 from rtdiar.engine import Diarizer
-from rtdiar.scorers.inference import SyncScorer, load_scorer
+from rtdiar.scorers.base import Scorer, TrackWindow
+from rtdiar.scorers.inference import load_scorer
 from rtdiar.sources import FileSource
 
 STARTUP_S = 2.0  # realtime latency is also reported without the first seconds (model warm-up, first window)
@@ -51,11 +52,15 @@ def resident_mb() -> float:
 
 
 def variant_config(config_file: Path | None, variant: Variant, weights_dir: Path) -> Config:
-    """The run-time config (defaults, then the user's file) for a variant; an arch other than the
-    shipped weights' gets random weights of its own in `weights_dir`."""
+    """The run-time config (defaults, then the user's file) for a variant: a known model by name
+    (`rtdiar weights`) with its own weights; an arch other than the shipped weights' gets random
+    weights of its own in `weights_dir`."""
+    from rtdiar.scorers.registry import MODELS
     from rtdiar.scorers.syncnet import build_model, save_weights, weights_arch
 
     overrides = {"model.arch": variant.arch, "model.runtime": variant.runtime, "model.device": variant.device}
+    if variant.arch in MODELS:
+        return load_config(config_file, {**overrides, "model.arch": "auto", "model.weights": variant.arch})
     shipped = load_config(config_file).model.weights_path()
     if variant.arch != "baseline" and (not shipped.exists() or weights_arch(shipped) != variant.arch):
         path = weights_dir / f"random_{variant.arch}.safetensors"
@@ -65,7 +70,7 @@ def variant_config(config_file: Path | None, variant: Variant, weights_dir: Path
     return load_config(config_file, overrides)
 
 
-def measure_fast(video: Path, config: Config, scorer: SyncScorer) -> dict:
+def measure_fast(video: Path, config: Config, scorer: Scorer) -> dict:
     """Throughput and per-stage milliseconds per frame, drawing included, nothing dropped."""
     source = FileSource(video, None, "fast", config.video, config.audio)
     diarizer = Diarizer(config, scorer)
@@ -88,7 +93,7 @@ def measure_fast(video: Path, config: Config, scorer: SyncScorer) -> dict:
             "fps": fps, "x_realtime": fps / source.fps, "stages_ms": stages, "dropped": diarizer.stats()["dropped"]}
 
 
-def measure_realtime(video: Path, config: Config, scorer: SyncScorer) -> dict:
+def measure_realtime(video: Path, config: Config, scorer: Scorer) -> dict:
     """Replayed as a camera: latency percentiles from capture to decision, and dropped frames."""
     source = FileSource(video, None, "realtime", config.video, config.audio)
     diarizer = Diarizer(config, scorer)
@@ -112,7 +117,7 @@ def bench_speed(videos: dict[int, Path], variants: list[Variant], config_file: P
         for variant in variants:
             config = variant_config(config_file, variant, Path(scratch))
             started = time.perf_counter()
-            scorer = load_scorer(config.model)
+            scorer = load_scorer(config)
             load_s = time.perf_counter() - started
             label = Variant(variant.arch, scorer.runtime, variant.device).label  # what actually ran
             for faces, video in sorted(videos.items()):
@@ -124,25 +129,35 @@ def bench_speed(videos: dict[int, Path], variants: list[Variant], config_file: P
     return {"runs": rows, "model_ms": model}
 
 
-def measure_model(scorer: SyncScorer, faces: list[int], calls: int = 30) -> dict[int, float]:
-    """Milliseconds per `score` call (one audio window, N face windows) on random input, after a warm-up:
-    the model's share alone (FaceMesh, for a model that reads lip points, is the engine's `lips` stage),
-    and how many tracks it could score 25 times a second."""
+AUDIO_ROWS = {"mel": lambda frames: (80, 16), "mfcc": lambda frames: (4 * frames, 13)}  # one sound window's shape
+
+
+def measure_model(scorer: Scorer, faces: list[int], calls: int = 30) -> dict[int, float]:
+    """Milliseconds per `score_frame` call (one sound window, N tracks, each a new frame) on random
+    input, after as many calls of warm-up (a streaming model's window fills): the model's share alone
+    (FaceMesh, for a model that reads lip points, is the engine's `lips` stage), and how many tracks
+    it could score 25 times a second."""
     rng = np.random.default_rng(0)
-    mel = rng.standard_normal((80, 16)).astype(np.float32)
+    needs = scorer.needs
+    crop = needs.crop(rng.integers(0, 256, (360, 360, 3), dtype=np.uint8), np.array([90.0, 60.0, 270.0, 300.0]))
+    crops = np.stack([crop] * needs.frames)
+    audio = rng.standard_normal(AUDIO_ROWS[needs.audio](needs.audio_frames)).astype(np.float32)
+    lips = rng.normal(0.0, 0.5, (needs.frames, 42, 2)).astype(np.float32) if needs.lips else None
     timings = {}
     for n in faces:
-        windows = rng.integers(0, 256, (n, 5, 48, 96, 3), dtype=np.uint8)
-        lips = rng.normal(0.0, 0.5, (n, 5, 42, 2)).astype(np.float32) if scorer.needs_lips else None
-        scorer.score(windows, mel, lips)
+        tracks = [TrackWindow(track_id, crops, lips) for track_id in range(n)]
+        for step in range(calls):
+            scorer.score_frame(step, tracks, audio)
         start = time.perf_counter()
-        for _ in range(calls):
-            scorer.score(windows, mel, lips)
+        for step in range(calls, 2 * calls):
+            scorer.score_frame(step, tracks, audio)
         timings[n] = (time.perf_counter() - start) * 1000.0 / calls
+        for track_id in range(n):
+            scorer.forget(track_id)
     return timings
 
 
-def soak(video: Path, config: Config, scorer: SyncScorer, pace: str, window_s: float = 60.0) -> dict:
+def soak(video: Path, config: Config, scorer: Scorer, pace: str, window_s: float = 60.0) -> dict:
     """One long run: latency and memory over its first and last `window_s` of video, and drops."""
     source = FileSource(video, None, pace, config.video, config.audio)
     diarizer = Diarizer(config, scorer)
@@ -219,7 +234,7 @@ def run_soak(cfg: BenchConfig, config: Config, cache_dir: Path, data_dir: Path) 
     """A `soak.minutes` meeting of `soak.faces` people, replayed in realtime, then run fast."""
     truth = sized_meeting(cfg, cfg.soak.faces, cfg.soak.minutes * 60.0, cfg.speed.tile_px, f"soak{cfg.soak.faces}",
                           cache_dir, config, data_dir)
-    scorer = load_scorer(config.model)
+    scorer = load_scorer(config)
     runs = []
     for pace in ("realtime", "fast"):
         runs.append(soak(truth.video, config, scorer, pace))

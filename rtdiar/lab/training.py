@@ -34,7 +34,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from rtdiar.config import PROJECT_ROOT, Config, ModelConfig, WindowConfig, build_section, merge_settings, read_yaml
+from rtdiar.config import PROJECT_ROOT, Config, WindowConfig, build_section, merge_settings, read_yaml
 from rtdiar.lab.dataset import DEFAULT_CACHE, PreparedClip, cache_path, find_clips, prepare_clips, prepare_coded
 from rtdiar.errors import RtdiarError
 from rtdiar.lab.evaluate import roc_auc
@@ -401,10 +401,11 @@ def first_model(key: str, weights: Path) -> Path:
     return weights
 
 
-def filter_scorer(weights: Path, model: ModelConfig) -> SyncScorer:
+def filter_scorer(weights: Path, config: Config) -> SyncScorer:
     """The first model, on the CPU (its runtime as configured): it only scores the training windows once."""
     path = first_model("data.sync_filter", weights)
-    return load_scorer(dataclasses.replace(model, arch="auto", weights=str(path), device="cpu"))
+    model = dataclasses.replace(config.model, arch="auto", weights=str(path), device="cpu")
+    return load_scorer(dataclasses.replace(config, model=model))
 
 
 def check_choices(recipe: TrainConfig) -> None:
@@ -482,7 +483,7 @@ def training_bank(recipe: TrainConfig, config: Config) -> ClipBank:
     lips = reads_lips(recipe)
     if not recipe.data.sync_filter:
         return ClipBank(clips, weights, recipe.batch, coded=coded, coded_share=recipe.augment.codec, lips=lips)
-    scorer = filter_scorer(recipe.path(recipe.data.sync_filter), config.model)
+    scorer = filter_scorer(recipe.path(recipe.data.sync_filter), config)
     starts = in_sync_starts(clips, scorer, recipe.data.sync_tolerance, config.window)
     total = sum(len(c.window_starts()) for c in clips)
     print(f"rtdiar: the first model keeps {sum(map(len, starts))} of {total} training windows")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -9,11 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rtdiar.config import ModelConfig
+from rtdiar.config import ASD_ARCHS, Config, load_config
 from rtdiar.errors import RtdiarError
 from rtdiar.lips import LIPS_SHAPE
+from rtdiar.scorers.base import FrameScores, Scorer, ScorerNeeds, TrackWindow
 from rtdiar.scorers.syncnet import build_model, face_inputs, load_weights, weights_arch
 from rtdiar.scorers.onnx_backend import OnnxTowers  # light: onnxruntime itself is imported when a session is made
+from rtdiar.tracking import crop_mouth_region
 
 WINDOW_SHAPE = (5, 48, 96, 3)  # frames, height, width, BGR
 LIPS_WINDOW_SHAPE = (5, *LIPS_SHAPE)  # frames, lip points, x y
@@ -120,14 +123,42 @@ def onnx_towers(face_tower: FaceTower, audio_tower: nn.Module) -> OnnxTowers:
     return OnnxTowers(face_tower, audio_tower, faces, torch.zeros((2, *MEL_SHAPE)), threads=torch.get_num_threads())
 
 
-class SyncScorer:
+def sync_needs(config: Config, lips: bool) -> ScorerNeeds:
+    """A SyncNet's input, as Wav2Lip trained it: 5 lower-face BGR crops and the 16 mel frames (0.2 s)
+    of the same window (with the window's lip points for a model that reads them)."""
+    crop = functools.partial(crop_mouth_region, cfg=config.tracker, size_px=config.window.crop_px)
+    return ScorerNeeds(crop=crop, frames=config.window.frames, audio="mel", audio_frames=config.window.frames, lips=lips)
+
+
+class EmbeddingScorer:
+    """`Scorer.score_frame` for a model that embeds face windows and a sound window as unit vectors
+    (`embed`): each raw score is their cosine, and the embeddings go to the off-sync cohort."""
+
+    family = "sync"
+    needs: ScorerNeeds
+
+    def embed(self, windows: np.ndarray, mel: np.ndarray, lips: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def score_frame(self, step: int, tracks: list[TrackWindow], audio: np.ndarray) -> FrameScores:
+        windows = np.stack([track.crops for track in tracks]) if tracks else np.zeros((0, *WINDOW_SHAPE), np.uint8)
+        lips = np.stack([track.lips for track in tracks]) if self.needs.lips and tracks else None
+        faces, audio_emb = self.embed(windows, audio, lips)
+        by_track = {track.id: face for track, face in zip(tracks, faces)}
+        return FrameScores({tid: float(face @ audio_emb) for tid, face in by_track.items()}, by_track, audio_emb)
+
+    def forget(self, track_id: int) -> None:
+        """Windows are scored alone: nothing is kept per track."""
+
+
+class SyncScorer(EmbeddingScorer):
     """Sync score of every face window against one mel window: one audio pass, one batch of faces.
 
     Validation, packing into contiguous arrays, batching and the cosine are the same whatever the
     runtime; only the tower calls differ (eager torch, or ONNX Runtime on the CPU).
     """
 
-    def __init__(self, model: nn.Module, device: torch.device, runtime: str = "torch") -> None:
+    def __init__(self, model: nn.Module, device: torch.device, runtime: str = "torch", config: Config | None = None) -> None:
         # the model needs embed_audio / embed_faces (SyncNetColor and its variants)
         self.device = device
         self.runtime = runtime
@@ -142,6 +173,7 @@ class SyncScorer:
             self._towers = onnx_towers(face_tower, audio_tower)
         else:
             raise ValueError(f"runtime must be torch or onnx, got {runtime!r}")
+        self.needs = sync_needs(config or load_config(), self.needs_lips)
 
     @property
     def needs_lips(self) -> bool:
@@ -203,12 +235,13 @@ def _batched(embed: Callable[..., np.ndarray], batch: int, *items: np.ndarray | 
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
-def load_scorer(cfg: ModelConfig) -> SyncScorer:
+def load_scorer(config: Config) -> Scorer:
     """The configured network with its weights, on the configured device and runtime, ready to score.
 
-    Arch `auto` takes the architecture an rtdiar weights file names, else Wav2Lip's (whose
-    checkpoint names none).
+    Arch `auto` takes the architecture the weights file names (rtdiar's metadata, or the keys of an
+    LR-ASD, Light-ASD or Wav2Lip file), else Wav2Lip's.
     """
+    cfg = config.model
     device = resolve_device(cfg.device)
     path = cfg.weights_path()
     arch = cfg.arch
@@ -219,6 +252,13 @@ def load_scorer(cfg: ModelConfig) -> SyncScorer:
     runtime = resolve_runtime(cfg.runtime, device, trained)
     if trained:
         if not path.exists():
-            raise RtdiarError(f"no weights at {path}: pass --weights FILE (an rtdiar .safetensors or Wav2Lip's lipsync_expert.pth)")
+            raise RtdiarError(f"no weights at {path}: pass --weights NAME|FILE (`rtdiar weights` lists the known models)")
         load_weights(model, path)
-    return SyncScorer(model, device, runtime)
+    if arch in ASD_ARCHS:
+        from rtdiar.scorers.active_speaker import ActiveSpeakerScorer
+
+        if cfg.runtime == "onnx":
+            raise RtdiarError(f"model '{arch}' streams its frames in torch: use --runtime torch (or auto)")
+
+        return ActiveSpeakerScorer(model, device, config)
+    return SyncScorer(model, device, runtime, config)

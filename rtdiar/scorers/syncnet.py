@@ -17,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from rtdiar.scorers.asd import LRASD, LightASD
 from rtdiar.scorers.baseline import EnergyBaseline
 from rtdiar.errors import RtdiarError
 
@@ -260,6 +261,8 @@ ARCHS: dict[str, Callable[[], nn.Module]] = {
     "lips": LipSyncNet,
     "compact_lips": lambda: Ensemble(("compact", "lips")),
     "baseline": EnergyBaseline,  # training-free: lip opening vs loudness, the floor to beat
+    "lrasd": LRASD,  # active-speaker models (their published .model files): a speaking logit, not a sync cosine
+    "lightasd": LightASD,
 }
 
 
@@ -334,11 +337,21 @@ def _check_fits(state: Mapping[str, torch.Tensor], model: nn.Module, path: Path)
         raise RtdiarError(f"{prefix}: unexpected key {unexpected[0]} ({len(unexpected)} unexpected in all)")
 
 
+# A key only that family's files hold: how a torch file, which has no metadata, names its architecture.
+_SIGNATURE_KEYS = {
+    "model.detector.gru_forward.weight_ih_l0": "lrasd",
+    "model.GRU.gru_forward.weight_ih_l0": "lightasd",
+    "face_encoder.0.conv_block.0.weight": "wav2lip",
+}
+
+
 def weights_arch(path: str | Path) -> str | None:
-    """The architecture an rtdiar .safetensors file was saved for; None for other files."""
+    """The architecture a weights file is for: what an rtdiar .safetensors file was saved for, else
+    the family a torch file's keys belong to (LR-ASD, Light-ASD, Wav2Lip); None when neither says."""
     path = Path(path)
     if path.suffix != ".safetensors":
-        return None
+        state = _strip_module_prefix(_read_torch(path)[0])
+        return next((arch for key, arch in _SIGNATURE_KEYS.items() if key in state), None)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             return (f.metadata() or {}).get("arch")

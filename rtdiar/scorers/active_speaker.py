@@ -1,0 +1,99 @@
+"""LR-ASD and Light-ASD on a live stream: is each tracked face talking, frame by frame, causally.
+
+Both networks read a whole face track at once: per-frame face and sound embeddings (their
+front ends), then a temporal back end (a forward and a backward GRU) over the sequence. Live, each
+frame's face embedding is computed once, when `asd.delay_frames` later frames have arrived
+(`VisualStream`; by default all the frames the model sees ahead, so exactly as offline), and the back end re-runs at each scored frame over the last
+`asd.window_frames` frames of every track, all tracks in one batch; the score is the newest
+embedded frame's (or `asd.lookahead_frames` before it). So a score describes the frame
+`delay_frames + lookahead_frames` before the newest one: that is the latency the judgement adds.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import deque
+
+import numpy as np
+import torch
+from torch import nn
+
+from rtdiar.config import Config
+from rtdiar.scorers.asd_stream import VisualStream
+from rtdiar.scorers.base import FrameScores, ScorerNeeds, TrackWindow
+from rtdiar.tracking import crop_asd_face
+from rtdiar.windows import MFCC_PER_FRAME
+
+AUDIO_CONTEXT_FRAMES = 8  # the sound front end sees ±6 frames: the window's sound starts this much earlier
+
+
+class ActiveSpeakerScorer:
+    """`Scorer` for the active-speaker models: a raw score per track is the model's speaking logit
+    (> 0 reads as talking), with no sync embeddings for the off-sync cohort."""
+
+    family = "asd"
+    runtime = "torch"
+
+    def __init__(self, model: nn.Module, device: torch.device, config: Config) -> None:
+        acfg = config.asd
+        if device.type == "cpu":
+            torch.set_num_threads(acfg.threads)
+        self.model = model.to(device).eval()
+        self.device = device
+        reach = model.visual_encoder.receptive_frames
+        self.visual = VisualStream(self.model, reach if acfg.delay_frames is None else acfg.delay_frames, device)
+        self.window_frames, self.delay, self.lookahead = acfg.window_frames, self.visual.delay, acfg.lookahead_frames
+        self.needs = ScorerNeeds(crop=functools.partial(crop_asd_face, scale=acfg.box_scale),
+                                 frames=config.model.stride_frames, audio="mfcc",
+                                 audio_frames=acfg.window_frames + self.delay + AUDIO_CONTEXT_FRAMES)
+        self._faces: dict[int, deque[np.ndarray]] = {}  # per track, its last face embeddings, newest last
+        self._last_step: dict[int, int] = {}
+
+    def forget(self, track_id: int) -> None:
+        self.visual.forget(track_id)
+        self._faces.pop(track_id, None)
+        self._last_step.pop(track_id, None)
+
+    def score_frame(self, step: int, tracks: list[TrackWindow], audio: np.ndarray) -> FrameScores:
+        """`audio`: the MFCC rows of the frames up to `step` (4 a frame); each track's crops end at `step`."""
+        self._embed_new_frames(step, tracks)
+        audio_frames = len(audio) // MFCC_PER_FRAME
+        spans: dict[int, list[int]] = {}  # back-end length -> tracks: equal lengths run as one batch
+        for track in tracks:
+            faces = self._faces.get(track.id)
+            length = min(len(faces), audio_frames - self.delay) if faces else 0
+            if length > 0:
+                spans.setdefault(length, []).append(track.id)
+        if not spans:
+            return FrameScores({})
+        with torch.inference_mode():
+            mfcc = torch.from_numpy(np.ascontiguousarray(audio[:audio_frames * MFCC_PER_FRAME], np.float32))
+            sound = self.model.audio_frontend(mfcc[None].to(self.device))[0]  # (audio_frames, 128), newest last
+            raw = {}
+            for length, ids in spans.items():
+                end = audio_frames - self.delay  # the sound of the newest embedded face frame, exclusive
+                a = sound[None, end - length:end].expand(len(ids), -1, -1)
+                v = torch.from_numpy(np.stack([np.stack(list(self._faces[tid])[-length:]) for tid in ids])).to(self.device)
+                logits = self.model.speaking_logits(a, v)[:, length - 1 - min(self.lookahead, length - 1)]
+                raw.update(zip(ids, logits.float().cpu().tolist()))
+        return FrameScores(raw)
+
+    def _embed_new_frames(self, step: int, tracks: list[TrackWindow]) -> None:
+        """Push each track's frames newer than its last pushed step through the face front end, all
+        tracks in one batch per round; a short gap repeats the frame after it, a long one restarts the track."""
+        fresh: dict[int, list[np.ndarray]] = {}
+        for track in tracks:
+            first = step - len(track.crops) + 1
+            last = self._last_step.get(track.id)
+            if last is not None and first - last > self.window_frames:
+                self.forget(track.id)
+                last = None
+            gap = [] if last is None else [track.crops[0]] * max(0, first - last - 1)
+            new = [crop for offset, crop in enumerate(track.crops) if last is None or first + offset > last]
+            if new:
+                fresh[track.id] = gap + new
+                self._last_step[track.id] = step
+        for round_ in range(max((len(crops) for crops in fresh.values()), default=0)):
+            batch = {tid: crops[round_] for tid, crops in fresh.items() if round_ < len(crops)}
+            for tid, embedding in self.visual.push(batch).items():
+                self._faces.setdefault(tid, deque(maxlen=self.window_frames)).append(embedding)
