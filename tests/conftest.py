@@ -74,3 +74,16 @@ def asd_weights_dir(shared_dir: Path, tmp_path_factory) -> Iterator[Path]:
             if not model.shipped:
                 install_from(model.name, shared_dir / "weights")
         yield folder
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Streaming runs hundreds of small ops: on a busy 2-core machine, a second torch thread makes each
+    one wait for a core (minutes instead of seconds), and on an idle one it saves little. The active-
+    speaker scorer sets one thread itself (`asd.threads`); this puts the test session's count back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

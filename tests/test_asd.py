@@ -48,16 +48,6 @@ def random_net(arch: str) -> torch.nn.Module:
     return model.eval()
 
 
-@pytest.fixture
-def one_thread():
-    """Streaming runs hundreds of small ops: on a busy 2-core machine, a second torch thread makes each
-    one wait for a core (minutes instead of seconds), and on an idle one it saves little."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def dev_inputs(dev_clip: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The authors' demo inputs for the first 50 frames: (1, 200, 13) MFCCs, (1, 50, 112, 112) grey faces."""

@@ -1,0 +1,113 @@
+"""The active-speaker models (LR-ASD, Light-ASD) as the engine runs them: known by name, their own
+decision defaults, every score the model's on the trailing window with nothing after the frame,
+and on real clips a talking face named and a silent crowd never."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SHARED
+from rtdiar.cli import main
+from rtdiar.config import load_config
+from rtdiar.engine import Diarizer
+from rtdiar.errors import RtdiarError
+from rtdiar.scorers.base import TrackWindow
+from rtdiar.scorers.inference import load_scorer
+from rtdiar.sources import FileSource
+
+CROWD = SHARED / "data" / "dev" / "multi" / "crowd_nobody_speaks.mp4"
+
+
+def asd_config(name: str = "lrasd-ava", **overrides):
+    return load_config(overrides={"model.weights": name, "model.device": "cpu", **overrides})
+
+
+def test_a_known_name_loads_its_family_with_its_own_decision_defaults(asd_weights_dir, one_thread):
+    config = asd_config()
+    scorer = load_scorer(config)
+    assert scorer.family == "asd" and scorer.model.arch == "lrasd"
+    assert scorer.needs.audio == "mfcc" and scorer.needs.crop(np.zeros((360, 640, 3), np.uint8),
+                                                              np.array([100.0, 50.0, 200.0, 180.0])).shape == (112, 112)
+    assert config.decision.threshold == 0.0 and config.decision.cohort_shifts is None  # asd.decision laid over
+    assert asd_config(**{"decision.threshold": 1.5}).decision.threshold == 1.5  # the user's flag still wins
+    assert load_config().decision.threshold == 0.03  # the sync experts keep theirs
+    assert scorer.delay == 9 and load_scorer(asd_config("lightasd-ava")).delay == 6  # exact: all they see ahead
+
+
+def test_bad_settings_are_one_line(asd_weights_dir, capsys):
+    with pytest.raises(RtdiarError, match="asd.delay_frames"):
+        asd_config(**{"asd.delay_frames": -1})
+    with pytest.raises(RtdiarError, match="0 .. 9"):
+        load_scorer(asd_config(**{"asd.delay_frames": 12}))
+    with pytest.raises(RtdiarError, match="asd.lookahead_frames"):
+        asd_config(**{"asd.lookahead_frames": 25})
+    clip = SHARED / "data" / "dev" / "wild" / "pcavs_00067.mp4"
+    assert main(["--video", str(clip), "--no-window", "--weights", "lrasd-ava", "--runtime", "onnx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--runtime torch" in err
+    assert main(["evaluate", "--weights", "lrasd-ava"]) == 2
+    assert "`rtdiar bench` measures it" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("delay", [None, 2])
+def test_each_score_is_the_models_on_the_trailing_window_with_nothing_after_the_frame(asd_weights_dir, one_thread,
+                                                                                      delay):
+    """Streamed frame by frame, the score at step t is the network's, offline, on the frames and sound
+    up to t alone, read at frame t - delay of a `window_frames` window; each frame of the window embedded
+    once, when its `delay` later frames had come (the frames after them zero-padded)."""
+    window = 6
+    scorer = load_scorer(asd_config(**{"asd.window_frames": window, "asd.delay_frames": delay}))
+    model, d = scorer.model, scorer.delay
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (18, 112, 112), dtype=np.uint8)
+    mfcc = rng.normal(0.0, 5.0, (4 * len(frames), 13)).astype(np.float32)
+    with torch.inference_mode():  # each frame as embedded when its `delay` later frames had come
+        embedded = [model.visual_frontend(torch.from_numpy(frames[None, :frame + d + 1]))[0, frame]
+                    for frame in range(len(frames) - d)]
+    rows_kept = 4 * scorer.needs.audio_frames
+    scored = 0
+    for step in range(len(frames)):
+        audio = mfcc[max(0, 4 * step + 4 - rows_kept):4 * step + 4]
+        got = scorer.score_frame(step, [TrackWindow(7, frames[step:step + 1])], audio).raw
+        if step < d:
+            assert got == {}  # no frame has all its `delay` later frames yet
+            continue
+        length = min(window, step - d + 1)
+        with torch.inference_mode():
+            faces = torch.stack(embedded[step - d - length + 1:step - d + 1])
+            sound = model.audio_frontend(torch.from_numpy(audio[None]))[0]
+            sound = sound[len(sound) - d - length:len(sound) - d]
+            want = model.speaking_logits(sound[None], faces[None])[0, -1].item()
+        assert got[7] == pytest.approx(want, abs=2e-3)
+        scored += 1
+    assert scored == len(frames) - d
+
+
+def _run(config, clip) -> list:
+    source = FileSource(clip, None, "fast", config.video, config.audio)
+    return list(Diarizer(config, load_scorer(config)).run(source))
+
+
+@pytest.mark.parametrize("name", ["lrasd-ava", "lightasd-ava"])
+def test_a_talking_face_is_named_once_its_frames_are_in(asd_weights_dir, one_thread, dev_clip, name):
+    results = _run(asd_config(name), dev_clip)
+    delay = load_scorer(asd_config(name)).delay
+    ids = {face.id for result in results for face in result.faces}
+    assert len(ids) == 1
+    first_scored = next(i for i, result in enumerate(results) if result.faces and result.faces[0].score is not None)
+    assert delay <= first_scored <= delay + 4  # the track is confirmed at frame 2, then the model's delay
+    voiced = [result for result in results[first_scored:] if result.speech]
+    named = sum(result.speaker in ids for result in voiced)
+    assert len(voiced) > 50 and named / len(voiced) > 0.7
+
+
+def test_a_silent_crowd_is_never_named(asd_weights_dir, one_thread, shared_dir):
+    config = asd_config()
+    config = dataclasses.replace(config, decision=dataclasses.replace(config.decision, vad_threshold=0.0))
+    results = _run(config, CROWD)  # the VAD gate opened: the model alone must keep everyone out
+    assert max(len(result.faces) for result in results) >= 2
+    assert all(result.speaker is None for result in results)
