@@ -173,26 +173,33 @@ class AudioRing:
             self._cond.notify_all()
 
 
-class MelBuffer:
-    """Wav2Lip's mel computed incrementally on a live stream, kept in a ring of `capacity_frames`.
-
-    Every frame equals (to float tolerance) the same frame of `wav2lip_melspectrogram` of the whole
-    stream. Frame m needs samples [m*200 - 400, m*200 + 400) (samples before 0 are zeros), so it is
-    computed as soon as sample m*200 + 399 has been pushed; `finish()` zero-pads the end.
+class _FramedFeatures:
+    """Features of a live stream frame by frame (Wav2Lip's mel, the ASD models' MFCCs), kept in a ring
+    of `capacity_frames`: pre-emphasis carried across pushes, each frame computed in a batch as soon as
+    its last sample is in, never one the ring would evict at once; `finish()` zero-pads the end.
     `push` and `window` may be called from different threads.
+
+    A subclass names its framing: frame m covers samples [m * HOP - LEAD, m * HOP - LEAD + WIN)
+    (samples before 0 are zeros), and maps pre-emphasised frames (F, WIN) to features (F, D).
     """
 
+    WIN_SAMPLES: int
+    HOP_SAMPLES: int
+    LEAD_SAMPLES: int
+    N_FEATURES: int
+    PREEMPHASIS: float
+    INPUT_SCALE: float | None = None
+
     def __init__(self, capacity_frames: int, sample_rate: int = MEL_SAMPLE_RATE) -> None:
-        _require_16k(sample_rate, "MelBuffer")
+        _require_16k(sample_rate, type(self).__name__)
         if capacity_frames <= 0:
             raise ValueError(f"capacity_frames must be positive, got {capacity_frames}")
         self.capacity_frames = int(capacity_frames)
-        self._frames = np.zeros((N_MELS, self.capacity_frames), dtype=np.float32)
-        self._window = librosa.filters.get_window("hann", WIN_SAMPLES, fftbins=True)
+        self._frames = np.zeros((self.capacity_frames, self.N_FEATURES), dtype=np.float32)
         self._preemphasis_state = np.zeros(1)
-        # Pre-emphasised samples from absolute index `_tail_start` on (leading zeros = centre padding).
-        self._tail = np.zeros(HALF_WIN_SAMPLES)
-        self._tail_start = -HALF_WIN_SAMPLES
+        # Pre-emphasised samples from absolute index `_tail_start` on: those the next frame needs.
+        self._tail = np.zeros(self.LEAD_SAMPLES)
+        self._tail_start = -self.LEAD_SAMPLES
         self._frames_ready = 0
         self._finished = False
         self._lock = threading.Lock()
@@ -204,46 +211,80 @@ class MelBuffer:
             return self._frames_ready
 
     def push(self, samples: np.ndarray) -> None:
-        """Add the next samples of the stream and compute every frame they complete."""
+        """Add the next float samples in [-1, 1] and compute every frame they complete."""
         if self._finished:
-            raise ValueError("MelBuffer.push after finish()")
-        emphasised, self._preemphasis_state = _preemphasis(np.ravel(samples), self._preemphasis_state)
+            raise ValueError(f"{type(self).__name__}.push after finish()")
+        samples = np.ravel(samples)
+        if self.INPUT_SCALE is not None:
+            samples = samples.astype(np.float64) * self.INPUT_SCALE
+        emphasised, self._preemphasis_state = _preemphasis(samples, self._preemphasis_state, self.PREEMPHASIS)
         self._extend(emphasised)
 
     def finish(self) -> None:
-        """End of stream: compute the last frames over zero padding, like librosa's centre padding."""
+        """End of stream: compute the last frames over zero padding, as the offline recipe pads."""
         if self._finished:
             return
         self._finished = True
-        samples_end = self._tail_start + len(self._tail)
-        last_frame = samples_end // HOP_SAMPLES  # librosa gives 1 + len // hop frames
-        missing = last_frame * HOP_SAMPLES + HALF_WIN_SAMPLES - samples_end
-        self._extend(np.zeros(max(0, missing)))
+        self._extend(np.zeros(self._end_padding(self._tail_start + len(self._tail))))
 
-    def window(self, start: int, n: int = 16) -> np.ndarray | None:
-        """Frames [start, start+n) as (80, n) float32, or None if any is not computed, evicted or negative."""
+    def _end_padding(self, samples_end: int) -> int:
+        raise NotImplementedError
+
+    def _features(self, frames: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _rows(self, start: int, n: int) -> np.ndarray | None:
+        """Frames [start, start+n) as (n, D) float32, or None if any is not computed, evicted or negative."""
         with self._lock:
             if start < 0 or start + n > self._frames_ready or start < self._frames_ready - self.capacity_frames:
                 return None
-            return self._frames[:, np.arange(start, start + n) % self.capacity_frames]
+            return self._frames[np.arange(start, start + n) % self.capacity_frames]
 
     def _extend(self, emphasised: np.ndarray) -> None:
         """Append pre-emphasised samples; compute and store all newly complete frames in one batch."""
         buffer = np.concatenate([self._tail, emphasised])
         samples_end = self._tail_start + len(buffer)
-        stop_frame = (samples_end - HALF_WIN_SAMPLES) // HOP_SAMPLES + 1  # frames < stop_frame are complete
-        # Frames that the ring would evict at once are never computed.
+        lead, hop = self.LEAD_SAMPLES, self.HOP_SAMPLES
+        stop_frame = max(0, (samples_end - self.WIN_SAMPLES + lead) // hop + 1)  # frames < stop_frame are complete
         first_frame = max(self._frames_ready, stop_frame - self.capacity_frames)
         if stop_frame > first_frame:
-            offset = first_frame * HOP_SAMPLES - HALF_WIN_SAMPLES - self._tail_start
-            frames = sliding_window_view(buffer[offset:], WIN_SAMPLES)[::HOP_SAMPLES][:stop_frame - first_frame]
-            mel = _normalised_mel(np.abs(np.fft.rfft(frames * self._window, n=N_FFT, axis=1)).T)
+            offset = first_frame * hop - lead - self._tail_start
+            frames = sliding_window_view(buffer[offset:], self.WIN_SAMPLES)[::hop][:stop_frame - first_frame]
+            features = self._features(frames)
             with self._lock:
-                self._frames[:, np.arange(first_frame, stop_frame) % self.capacity_frames] = mel
+                self._frames[np.arange(first_frame, stop_frame) % self.capacity_frames] = features
                 self._frames_ready = stop_frame
-        keep_from = self._frames_ready * HOP_SAMPLES - HALF_WIN_SAMPLES  # the next frame's first sample
+        keep_from = self._frames_ready * hop - lead  # the next frame's first sample
         self._tail = buffer[keep_from - self._tail_start:]
         self._tail_start = keep_from
+
+
+class MelBuffer(_FramedFeatures):
+    """Wav2Lip's mel computed incrementally on a live stream.
+
+    Every frame equals (to float tolerance) the same frame of `wav2lip_melspectrogram` of the whole
+    stream. Frame m needs samples [m*200 - 400, m*200 + 400) (samples before 0 are zeros), so it is
+    computed as soon as sample m*200 + 399 has been pushed; `finish()` zero-pads the end like librosa's
+    centre padding.
+    """
+
+    WIN_SAMPLES, HOP_SAMPLES, LEAD_SAMPLES, N_FEATURES, PREEMPHASIS = WIN_SAMPLES, HOP_SAMPLES, HALF_WIN_SAMPLES, N_MELS, PREEMPHASIS
+
+    def __init__(self, capacity_frames: int, sample_rate: int = MEL_SAMPLE_RATE) -> None:
+        super().__init__(capacity_frames, sample_rate)
+        self._window = librosa.filters.get_window("hann", WIN_SAMPLES, fftbins=True)
+
+    def window(self, start: int, n: int = 16) -> np.ndarray | None:
+        """Frames [start, start+n) as (80, n) float32, or None if any is not computed, evicted or negative."""
+        rows = self._rows(start, n)
+        return None if rows is None else rows.T
+
+    def _end_padding(self, samples_end: int) -> int:
+        last_frame = samples_end // HOP_SAMPLES  # librosa gives 1 + len // hop frames
+        return max(0, last_frame * HOP_SAMPLES + HALF_WIN_SAMPLES - samples_end)
+
+    def _features(self, frames: np.ndarray) -> np.ndarray:
+        return _normalised_mel(np.abs(np.fft.rfft(frames * self._window, n=N_FFT, axis=1)).T).T
 
 
 @lru_cache(maxsize=1)
@@ -267,80 +308,31 @@ def _mfcc_of_frames(frames: np.ndarray) -> np.ndarray:
     return cepstra.astype(np.float32)
 
 
-class MfccBuffer:
-    """LR-ASD's MFCCs computed incrementally on a live stream, kept in a ring of `capacity_frames` rows.
+class MfccBuffer(_FramedFeatures):
+    """LR-ASD's MFCCs computed incrementally on a live stream.
 
     Every row equals (to float tolerance) the same row of `python_speech_features.mfcc` of the whole
     stream scaled to int16 range. Row j covers samples [160 j, 160 j + 400), so it is computed as soon
     as sample 160 j + 399 has been pushed; `finish()` zero-pads the end as the library does (a last
     partial row, or one row for a stream shorter than 400 samples). Video frame i at 25 fps goes with
-    rows 4i .. 4i+3. `push` and `window` may be called from different threads.
+    rows 4i .. 4i+3.
     """
 
-    def __init__(self, capacity_frames: int, sample_rate: int = MEL_SAMPLE_RATE) -> None:
-        _require_16k(sample_rate, "MfccBuffer")
-        if capacity_frames <= 0:
-            raise ValueError(f"capacity_frames must be positive, got {capacity_frames}")
-        self.capacity_frames = int(capacity_frames)
-        self._frames = np.zeros((self.capacity_frames, MFCC_N_CEPSTRA), dtype=np.float32)
-        self._preemphasis_state = np.zeros(1)
-        # Pre-emphasised samples from absolute index `_tail_start` on: those the next row needs.
-        self._tail = np.zeros(0)
-        self._tail_start = 0
-        self._frames_ready = 0
-        self._finished = False
-        self._lock = threading.Lock()
-
-    @property
-    def frames_ready(self) -> int:
-        """Absolute count of rows computed so far (rows 0 .. frames_ready-1)."""
-        with self._lock:
-            return self._frames_ready
-
-    def push(self, samples: np.ndarray) -> None:
-        """Add the next float samples in [-1, 1] and compute every row they complete."""
-        if self._finished:
-            raise ValueError("MfccBuffer.push after finish()")
-        scaled = np.ravel(samples).astype(np.float64) * INT16_FULL_SCALE
-        emphasised, self._preemphasis_state = _preemphasis(scaled, self._preemphasis_state, MFCC_PREEMPHASIS)
-        self._extend(emphasised)
-
-    def finish(self) -> None:
-        """End of stream: compute the rows the library pads with zeros (none if nothing was pushed)."""
-        if self._finished:
-            return
-        self._finished = True
-        samples_end = self._tail_start + len(self._tail)
-        if samples_end == 0:
-            return  # python_speech_features has no row for an empty signal (it fails on one)
-        rows = 1 + -(-max(0, samples_end - MFCC_WIN_SAMPLES) // MFCC_HOP_SAMPLES)  # framesig's count
-        missing = (rows - 1) * MFCC_HOP_SAMPLES + MFCC_WIN_SAMPLES - samples_end
-        self._extend(np.zeros(max(0, missing)))
+    WIN_SAMPLES, HOP_SAMPLES, LEAD_SAMPLES, N_FEATURES = MFCC_WIN_SAMPLES, MFCC_HOP_SAMPLES, 0, MFCC_N_CEPSTRA
+    PREEMPHASIS, INPUT_SCALE = MFCC_PREEMPHASIS, INT16_FULL_SCALE
 
     def window(self, start: int, n: int) -> np.ndarray | None:
         """Rows [start, start+n) as (n, 13) float32, or None if any is not computed, evicted or negative."""
-        with self._lock:
-            if start < 0 or start + n > self._frames_ready or start < self._frames_ready - self.capacity_frames:
-                return None
-            return self._frames[np.arange(start, start + n) % self.capacity_frames]
+        return self._rows(start, n)
 
-    def _extend(self, emphasised: np.ndarray) -> None:
-        """Append pre-emphasised samples; compute and store all newly complete rows in one batch."""
-        buffer = np.concatenate([self._tail, emphasised])
-        samples_end = self._tail_start + len(buffer)
-        stop_frame = max(0, (samples_end - MFCC_WIN_SAMPLES) // MFCC_HOP_SAMPLES + 1)  # rows < stop are complete
-        # Rows that the ring would evict at once are never computed.
-        first_frame = max(self._frames_ready, stop_frame - self.capacity_frames)
-        if stop_frame > first_frame:
-            offset = first_frame * MFCC_HOP_SAMPLES - self._tail_start
-            frames = sliding_window_view(buffer[offset:], MFCC_WIN_SAMPLES)[::MFCC_HOP_SAMPLES]
-            mfcc = _mfcc_of_frames(frames[:stop_frame - first_frame])
-            with self._lock:
-                self._frames[np.arange(first_frame, stop_frame) % self.capacity_frames] = mfcc
-                self._frames_ready = stop_frame
-        keep_from = self._frames_ready * MFCC_HOP_SAMPLES  # the next row's first sample
-        self._tail = buffer[keep_from - self._tail_start:]
-        self._tail_start = keep_from
+    def _end_padding(self, samples_end: int) -> int:
+        if samples_end == 0:
+            return 0  # python_speech_features has no row for an empty signal (it fails on one)
+        rows = 1 + -(-max(0, samples_end - MFCC_WIN_SAMPLES) // MFCC_HOP_SAMPLES)  # framesig's count
+        return max(0, (rows - 1) * MFCC_HOP_SAMPLES + MFCC_WIN_SAMPLES - samples_end)
+
+    def _features(self, frames: np.ndarray) -> np.ndarray:
+        return _mfcc_of_frames(frames)
 
 
 class VoiceActivity:
