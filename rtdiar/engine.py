@@ -10,6 +10,7 @@ import contextlib
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -198,12 +199,13 @@ class Diarizer:
         cfg, needs = self.config, self.scorer.needs
         tracker = IoUTracker(cfg.tracker)
         stream = _AudioFeatures(cfg, needs.audio, ring, self.times)
-        smoother = CausalSmoother(cfg.decision.smooth_windows)
         cohort = OffSyncCohort(shifts) if (shifts := cfg.decision.cohort()) else None
-        decision = SpeakerDecision(cfg.decision)
+        held = _HeldFrames(needs.latency_frames / cfg.window.fps, CausalSmoother(cfg.decision.smooth_windows),
+                           SpeakerDecision(cfg.decision))
         histories: dict[int, CropHistory] = {}
         while (item := self._take(detected)) is not None:
             if item is _END:
+                yield from self._released(held.release(float("inf")))
                 return
             if isinstance(item, _Failure):
                 raise item.error
@@ -212,7 +214,7 @@ class Diarizer:
                 tracks = tracker.update(item.boxes, item.scores, item.cut)
                 for ended in tracker.ended_ids():
                     histories.pop(ended, None)
-                    smoother.forget(ended)
+                    held.forget(ended, frame.t)
                     self.scorer.forget(ended)
                     if cohort is not None:
                         cohort.forget(ended)
@@ -232,19 +234,18 @@ class Diarizer:
                 with self.times.stage("model"):
                     raw = self._score(tracks, histories, frame.t, stream.window(t_audio, needs.audio_frames), cohort)
             with self.times.stage("decision"):
-                faces = [FaceResult(track.id, tuple(float(v) for v in track.box),
-                                    smoother.add(track.id, raw[track.id]) if track.id in raw
-                                    else smoother.value(track.id), raw_score=raw.get(track.id))
-                         for track in tracks]
-                speech = stream.speech(t_audio)
-                speaker = decision.update(frame.t, {f.id: f.score for f in faces}, speech)
-                for face in faces:
-                    face.speaking = face.id == speaker
+                held.add(frame, [(track.id, tuple(float(v) for v in track.box)) for track in tracks],
+                         stream.speech(t_audio), raw)
+                released = held.release(frame.t)
+            yield from self._released(released)
+
+    def _released(self, results: list[FrameResult]) -> Iterator[FrameResult]:
+        """Decided frames out, each timed from its capture to now (a held frame's wait included)."""
+        for result in results:
             now = time.monotonic()
-            self._latency_ms = (now - frame.capture_time) * 1000.0
+            self._latency_ms = result.latency_ms = (now - result.capture_time) * 1000.0
             self._processing_rate.tick(now)
-            yield FrameResult(frame.index, frame.t, faces, speaker, self._latency_ms, speech,
-                              frame.image, frame.capture_time)
+            yield result
 
     def _score(self, tracks, histories: dict[int, CropHistory], t: float, audio: np.ndarray | None,
                cohort: OffSyncCohort | None) -> dict[int, float]:
@@ -272,6 +273,63 @@ class Diarizer:
                 raise RtdiarError("the microphone delivered no audio: check it is connected (--mic)")
             time.sleep(0.005)
         return source.audio_start_s
+
+
+@dataclass
+class _Held:
+    """A processed frame waiting for the scores that describe it."""
+
+    frame: VideoFrame
+    tracks: list[tuple[int, tuple[float, float, float, float]]]
+    speech: bool
+    raw: dict[int, float]
+
+
+class _HeldFrames:
+    """Puts each score on the frame it describes, then smooths and decides in frame order.
+
+    A scorer with latency (`ScorerNeeds.latency_frames`: an active-speaker model's embedding waits
+    for later frames) returns at time t the scores of the frame at t - latency; that frame is held
+    until then, so its decision, its VAD gate and its boxes all belong to the same moment. With no
+    latency each frame is decided as soon as it is processed.
+    """
+
+    def __init__(self, latency_s: float, smoother: CausalSmoother, decision: SpeakerDecision) -> None:
+        self.latency_s = latency_s
+        self.smoother = smoother
+        self.decision = decision
+        self._held: deque[_Held] = deque()
+        self._ended: list[tuple[float, int]] = []  # (time it ended, track id): forgotten once no held frame shows it
+
+    def add(self, frame: VideoFrame, tracks: list, speech: bool, raw: dict[int, float]) -> None:
+        """A processed frame, and the scores computed with it: those of the held frame nearest t - latency."""
+        self._held.append(_Held(frame, tracks, speech, {}))
+        if raw:
+            target = frame.t - self.latency_s
+            min(self._held, key=lambda held: abs(held.frame.t - target)).raw = raw
+
+    def forget(self, track_id: int, t: float) -> None:
+        self._ended.append((t, track_id))
+
+    def release(self, t: float) -> list[FrameResult]:
+        """The decisions of every held frame at or before `t` - latency, oldest first."""
+        out = []
+        while self._held and self._held[0].frame.t <= t - self.latency_s + 1e-3:
+            out.append(self._decide(self._held.popleft()))
+        oldest = self._held[0].frame.t if self._held else float("inf")
+        for ended in [e for e in self._ended if e[0] <= oldest]:
+            self.smoother.forget(ended[1])
+            self._ended.remove(ended)
+        return out
+
+    def _decide(self, held: _Held) -> FrameResult:
+        frame, raw = held.frame, held.raw
+        faces = [FaceResult(tid, box, self.smoother.add(tid, raw[tid]) if tid in raw else self.smoother.value(tid),
+                            raw_score=raw.get(tid)) for tid, box in held.tracks]
+        speaker = self.decision.update(frame.t, {face.id: face.score for face in faces}, held.speech)
+        for face in faces:
+            face.speaking = face.id == speaker
+        return FrameResult(frame.index, frame.t, faces, speaker, None, held.speech, frame.image, frame.capture_time)
 
 
 def _track_window(track_id: int, history: CropHistory, t: float, frames: int, fps: float,

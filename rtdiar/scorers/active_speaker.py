@@ -6,7 +6,8 @@ frame's face embedding is computed once, when `asd.delay_frames` later frames ha
 (`VisualStream`; by default all the frames the model sees ahead, so exactly as offline), and the back end re-runs at each scored frame over the last
 `asd.window_frames` frames of every track, all tracks in one batch; the score is the newest
 embedded frame's (or `asd.lookahead_frames` before it). So a score describes the frame
-`delay_frames + lookahead_frames` before the newest one: that is the latency the judgement adds.
+`delay_frames + lookahead_frames` before the newest one (`latency_frames`): the engine holds each
+frame's result back that long, so a decision and the frame it is about go out together.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class ActiveSpeakerScorer:
         self.window_frames, self.delay, self.lookahead = acfg.window_frames, self.visual.delay, acfg.lookahead_frames
         self.needs = ScorerNeeds(crop=functools.partial(crop_asd_face, scale=acfg.box_scale),
                                  frames=config.model.stride_frames, audio="mfcc",
-                                 audio_frames=acfg.window_frames + self.delay + AUDIO_CONTEXT_FRAMES)
+                                 audio_frames=acfg.window_frames + self.delay + AUDIO_CONTEXT_FRAMES,
+                                 latency_frames=self.delay + self.lookahead)
         self._faces: dict[int, deque[np.ndarray]] = {}  # per track, its last face embeddings, newest last
         self._last_step: dict[int, int] = {}
 

@@ -25,7 +25,8 @@ class ScorerNeeds:
     `crop(image_bgr, box) -> array` is how its face crop is cut (the engine calls it on every tracked
     face of every frame); `frames` crops per track reach `score_frame`, at 25 fps by timestamp,
     ending at the current frame; `audio` names the sound features and `audio_frames` how many 25 fps
-    frames of them end at the current frame.
+    frames of them end at the current frame. A scorer whose judgement of a frame needs later frames
+    states it in `latency_frames`: the engine holds each frame's result back until its score is in.
     """
 
     crop: Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -33,6 +34,7 @@ class ScorerNeeds:
     audio: str
     audio_frames: int
     lips: bool = False
+    latency_frames: int = 0  # a score computed at a frame describes the frame this many 25 fps frames earlier
 
 
 @dataclass
