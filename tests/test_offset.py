@@ -77,6 +77,7 @@ class OracleScorer:
                        for k in padded.window_starts(frames)}
 
     needs_lips = False  # reads crops only, as the scorer of a pixel model
+    family = "sync"  # a lip-sync expert: the commands that pair faces with shifted sound take it
 
     def face_embeddings(self, windows: np.ndarray, lips: np.ndarray | None = None) -> np.ndarray:
         return np.stack([self._sound[_window_key(window)] for window in windows])
