@@ -114,3 +114,20 @@ def test_a_silent_crowd_is_never_named(asd_weights_dir, one_thread, shared_dir):
     results = _run(config, CROWD)  # the VAD gate opened: the model alone must keep everyone out
     assert max(len(result.faces) for result in results) >= 2
     assert all(result.speaker is None for result in results)
+
+
+def test_frames_go_in_once_per_25_fps_step_whatever_the_source_rate(asd_weights_dir, one_thread):
+    """A 30 fps source gives some steps twice (the first is kept), a 20 fps one skips steps (the frame
+    after the gap stands in): each 25 fps step reaches the face encoder exactly once."""
+    scorer = load_scorer(asd_config(**{"asd.window_frames": 4, "asd.delay_frames": 2}))
+    pushed = []
+    push = scorer.visual.push
+    scorer.visual.push = lambda faces: pushed.append(sorted(faces)) or push(faces)
+    crop = np.zeros((1, 112, 112), np.uint8)
+    audio = np.zeros((4 * scorer.needs.audio_frames, 13), np.float32)
+    for step in [0, 1, 1, 2, 4, 5, 5, 7]:
+        scored = scorer.score_frame(step, [TrackWindow(3, crop)], audio).raw
+    assert len(pushed) == 8 and all(ids == [3] for ids in pushed)  # steps 0 1 2 3 4 5 6 7
+    assert 3 in scored
+    # a gap longer than the window starts the track again: no score until its delay has passed
+    assert scorer.score_frame(40, [TrackWindow(3, crop)], audio).raw == {} and len(pushed) == 9
