@@ -17,7 +17,8 @@ from rtdiar.scorers.registry import build_weights_parser, weights_command
 
 DESCRIPTION = """\
 Real-time audio-visual speaker diarization: shows who is speaking by checking whose lips move in
-sync with the voice (a SyncNet lip-sync expert on every tracked face).
+sync with the voice (a SyncNet lip-sync expert on every tracked face), or, with --weights lrasd-ava,
+which face a published active-speaker model takes as talking.
 
   rtdiar --camera 0                                  live window: webcam + default microphone
   rtdiar --video talk.mp4                            replay a file in real time in the window
