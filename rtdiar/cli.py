@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--jsonl", metavar="PATH", type=Path, help="one JSON object per frame (see README for the contract)")
     out.add_argument("--rttm", metavar="PATH", type=Path, help="RTTM, one SPEAKER line per speaking turn, speakers face<id>")
     out.add_argument("--annotated", metavar="PATH.mp4", type=Path, help="video with boxes, ids and the speaker, original audio muxed in")
-    out.add_argument("--plot", metavar="PATH.png", type=Path, help="every face's sync score over time, the decision marked")
+    out.add_argument("--plot", metavar="PATH.png", type=Path, help="every face's score over time, the decision marked")
     out.add_argument("--save-faces", metavar="DIR", type=Path, help="one cropped video per face track (face<id>.mp4)")
     out.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
 

@@ -358,8 +358,8 @@ class PlotSink:
             ax.axvspan(start_s, end_s, color=np.array(track_colour_rgb(speaker)) / 255, alpha=0.15, linewidth=0)
         ax.axhline(self.threshold, color="black", linestyle="--", linewidth=1, label="threshold")
         ax.set_xlabel("time (s)")
-        ax.set_ylabel("smoothed sync score")
-        ax.set_title(f"rtdiar: sync score per face, speaking turns thick and shaded ({self.path.stem})")
+        ax.set_ylabel("smoothed score")
+        ax.set_title(f"rtdiar: score per face, speaking turns thick and shaded ({self.path.stem})")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside, never over a curve
         fmt = self.path.suffix.lstrip(".").lower()
         fig.savefig(self.path, format=fmt if fmt in fig.canvas.get_supported_filetypes() else "png")

@@ -17,7 +17,7 @@ class FaceResult:
 
     id: int
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in source pixels
-    score: float | None = None  # smoothed sync score, None until the track has a full window
+    score: float | None = None  # smoothed score (sync or speaking, as the scorer gives), None until it is scored
     speaking: bool = False
     raw_score: float | None = None  # this frame's unsmoothed score, None when not scored
 

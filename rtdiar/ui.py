@@ -124,7 +124,7 @@ class LiveWindow(QMainWindow):
     def _make_plot(self, threshold: float | None) -> pg.PlotWidget:
         plot = pg.PlotWidget()
         plot.setLabel("bottom", "time relative to now (s)")
-        plot.setLabel("left", "smoothed sync score")
+        plot.setLabel("left", "smoothed score")
         for side in ("bottom", "left"):
             plot.getAxis(side).enableAutoSIPrefix(False)  # else scores show as "700 (x0.001)"
         plot.setXRange(-self._history_s, 0.0, padding=0.02)
