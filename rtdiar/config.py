@@ -76,6 +76,16 @@ class ModelConfig:
         path = resolve(self.weights).expanduser()
         return path if path.is_absolute() else PROJECT_ROOT / path
 
+    def named_arch(self) -> str | None:
+        """`arch`, or for `auto` the architecture the weights file names (rtdiar's metadata, or the keys
+        of an LR-ASD, Light-ASD or Wav2Lip file); None where there is no file or it names none."""
+        if self.arch != "auto":
+            return self.arch
+        from rtdiar.scorers.syncnet import weights_arch  # the model side, loaded only when asked
+
+        path = self.weights_path()
+        return weights_arch(path) if path.is_file() else None
+
 
 @dataclass
 class DecisionConfig:
@@ -235,10 +245,4 @@ ASD_ARCHS = ("lrasd", "lightasd")
 def scorer_family(model: ModelConfig) -> str:
     """`asd` for an active-speaker model (LR-ASD, Light-ASD: a logit scale), else `sync` (a lip-sync
     expert's cosine); `auto` asks the weights file."""
-    arch = model.arch
-    if arch == "auto":
-        from rtdiar.scorers.syncnet import weights_arch  # the model side, loaded only when asked
-
-        path = model.weights_path()
-        arch = weights_arch(path) if path.is_file() else None
-    return "asd" if arch in ASD_ARCHS else "sync"
+    return "asd" if model.named_arch() in ASD_ARCHS else "sync"

@@ -19,13 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdiar.lab.bench import BenchConfig, markdown_table, sized_meeting
+from rtdiar.audio import MFCC_N_CEPSTRA
 from rtdiar.config import Config, load_config
 from rtdiar.drawing import annotate
 from rtdiar.engine import Diarizer
+from rtdiar.lab.bench import BenchConfig, markdown_table, sized_meeting
 from rtdiar.scorers.base import Scorer, TrackWindow
-from rtdiar.scorers.inference import load_scorer
+from rtdiar.scorers.inference import MEL_SHAPE, load_scorer
 from rtdiar.sources import FileSource
+from rtdiar.windows import MFCC_PER_FRAME
 
 STARTUP_S = 2.0  # realtime latency is also reported without the first seconds (model warm-up, first window)
 
@@ -129,7 +131,8 @@ def bench_speed(videos: dict[int, Path], variants: list[Variant], config_file: P
     return {"runs": rows, "model_ms": model}
 
 
-AUDIO_ROWS = {"mel": lambda frames: (80, 16), "mfcc": lambda frames: (4 * frames, 13)}  # one sound window's shape
+AUDIO_ROWS = {"mel": lambda frames: MEL_SHAPE,  # one sound window's shape
+              "mfcc": lambda frames: (MFCC_PER_FRAME * frames, MFCC_N_CEPSTRA)}
 
 
 def measure_model(scorer: Scorer, faces: list[int], calls: int = 30) -> dict[int, float]:

@@ -14,7 +14,7 @@ from rtdiar.config import ASD_ARCHS, Config, load_config
 from rtdiar.errors import RtdiarError
 from rtdiar.lips import LIPS_SHAPE
 from rtdiar.scorers.base import FrameScores, Scorer, ScorerNeeds, TrackWindow
-from rtdiar.scorers.syncnet import build_model, face_inputs, load_weights, weights_arch
+from rtdiar.scorers.syncnet import build_model, face_inputs, load_weights
 from rtdiar.scorers.onnx_backend import OnnxTowers  # light: onnxruntime itself is imported when a session is made
 from rtdiar.tracking import crop_mouth_region
 
@@ -238,15 +238,12 @@ def _batched(embed: Callable[..., np.ndarray], batch: int, *items: np.ndarray | 
 def load_scorer(config: Config) -> Scorer:
     """The configured network with its weights, on the configured device and runtime, ready to score.
 
-    Arch `auto` takes the architecture the weights file names (rtdiar's metadata, or the keys of an
-    LR-ASD, Light-ASD or Wav2Lip file), else Wav2Lip's.
+    Arch `auto` takes the architecture the weights file names (`ModelConfig.named_arch`), else Wav2Lip's.
     """
     cfg = config.model
     device = resolve_device(cfg.device)
     path = cfg.weights_path()
-    arch = cfg.arch
-    if arch == "auto":
-        arch = (weights_arch(path) if path.exists() else None) or "wav2lip"
+    arch = cfg.named_arch() or "wav2lip"
     model = build_model(arch)
     trained = any(True for _ in model.parameters())  # a training-free scorer has nothing to load
     runtime = resolve_runtime(cfg.runtime, device, trained)
