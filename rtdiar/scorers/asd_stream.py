@@ -25,8 +25,7 @@ from torch import nn
 
 from rtdiar.errors import RtdiarError
 from rtdiar.scorers.asd import Step, run_steps, scale_pixels
-
-FACE_PX = 112  # the networks' input: the centre of a 224 x 224 grey face crop
+from rtdiar.tracking import ASD_FACE_PX  # the networks' input: the centre of a 224 x 224 grey face crop
 
 SLACK_FRAMES = 16  # room to append before a `_FinalInputs` buffer shifts back; >= 2p, so the shift never overlaps
 
@@ -69,7 +68,7 @@ class VisualStream:
     `net` (an `LRASD` or `LightASD`, already on `device`) is read once: its face encoder's weights
     as they are now, batch norms folded in."""
 
-    def __init__(self, net: nn.Module, delay_frames: int, device: torch.device, face_px: int = FACE_PX) -> None:
+    def __init__(self, net: nn.Module, delay_frames: int, device: torch.device, face_px: int = ASD_FACE_PX) -> None:
         self.steps: list[Step] = net.visual_encoder.steps()
         self.receptive_frames: int = sum(step.reach for step in self.steps)
         if not 0 <= delay_frames <= self.receptive_frames:
