@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rtdiar.config import Config, load_config
 from rtdiar.errors import RtdiarError
-from rtdiar.scorers.registry import build_weights_parser, weights_command
+from rtdiar.scorers.registry import build_weights_parser, judgement_line, weights_command
 
 DESCRIPTION = """\
 Real-time audio-visual speaker diarization: shows who is speaking by checking whose lips move in
@@ -218,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="rtdiar-") as scratch:
         source = _open_source(args, config, Path(scratch))
         sinks = _open_sinks(paths, config, source)
+        print(judgement_line(config.model.weights), file=sys.stderr)  # once the run can start: an error stays one line
         diarizer = Diarizer(config, scorer)
         try:
             if args.no_window:
@@ -242,7 +243,7 @@ def _sync_scorer(config: Config, command: str):
     from rtdiar.scorers.inference import load_scorer
 
     scorer = load_scorer(config)
-    if scorer.family != "sync":
+    if scorer.family != "sync" and getattr(scorer, "clip_windows", None) is None:
         raise RtdiarError(f"rtdiar {command} needs a lip-sync expert (rtdiar-pair, rtdiar-lips or a file of one); "
                           f"'{config.model.weights}' is an active-speaker model: `rtdiar bench` measures it")
     return scorer
@@ -303,9 +304,14 @@ def build_train_parser() -> argparse.ArgumentParser:
 
 
 def train(args: argparse.Namespace) -> int:
-    """`rtdiar train`: prepare the clips (cached), then train with validation on unseen people."""
+    """`rtdiar train`: prepare the clips (cached), then train with validation on unseen people; a
+    recipe with `arch: sync_head` trains the sync head on LR-ASD's front ends instead."""
+    from rtdiar.lab import sync_training
     from rtdiar.lab.training import load_train_config, train_model
 
+    if args.train_config and sync_training.is_head_recipe(args.train_config):
+        sync_training.train_sync_head(sync_training.load_recipe(args.train_config), args.out, args.overwrite)
+        return 0
     recipe = load_train_config(args.train_config)
     train_model(recipe, load_config(args.config), out=args.out, resume=args.resume, overwrite=args.overwrite)
     return 0

@@ -24,17 +24,21 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from rtdiar.audio import MEL_SILENCE
 from rtdiar.config import Config, WindowConfig
 from rtdiar.lab.dataset import PreparedClip, track_clip
 from rtdiar.errors import RtdiarError
 from rtdiar.scorers.inference import SyncScorer
 from rtdiar.lips import LipLandmarker
 from rtdiar.media import MediaInfo, probe, require_tool
+from rtdiar.sources import FileSource
 from rtdiar.tracking import FaceDetector
+from rtdiar.windows import MEL_FPS
 
 SIGN_CONVENTION = "positive: audio lags video (the sound comes later than the lips); the fix moves the audio earlier"
 
@@ -100,21 +104,83 @@ def estimate_offset(sims: np.ndarray) -> tuple[int, float, np.ndarray]:
     return offset, float(curve.max() - np.median(curve)), curve
 
 
-def window_similarities(clip: PreparedClip, scorer: SyncScorer, max_shift: int,
-                        window: WindowConfig) -> np.ndarray:
+class ClipWindows(Protocol):
+    """How the offline commands embed a prepared clip's face windows and its sound's windows: by the
+    scorer's own cut (SyncNet windows of crops and mel, or the sync head on front-end embeddings)."""
+
+    asd_crops: bool  # the clip is prepared with the active-speaker models' faces, not mouths
+    needs_lips: bool
+    mel_frames: int  # a sound window's length, in 80 Hz mel frames
+    cohort: range | None  # the off-sync pairings its scores are measured against (`rtdiar.cohort`)
+
+    def starts(self, clip: PreparedClip) -> np.ndarray:
+        """Sorted grid frames where a whole face window starts."""
+
+    def faces(self, clip: PreparedClip, starts: np.ndarray) -> np.ndarray:
+        """(len(starts), D) unit embeddings of the face windows starting there."""
+
+    def sounds(self, clip: PreparedClip, wave: np.ndarray, grid: np.ndarray, shift: int) -> np.ndarray:
+        """(len(grid), D) unit embeddings of the sound windows starting at grid frames `grid`, the clip's
+        sound moved `shift` frames later (silence where it moved away and beyond the clip)."""
+
+
+class MelWindows:
+    """`ClipWindows` of a lip-sync expert: 5-frame crop windows and Wav2Lip mel windows."""
+
+    asd_crops = False
+
+    def __init__(self, scorer: SyncScorer, window: WindowConfig, cohort: range | None = None) -> None:
+        self.scorer, self.window, self.cohort = scorer, window, cohort
+        self.needs_lips, self.mel_frames = scorer.needs_lips, window.mel_frames
+
+    def starts(self, clip: PreparedClip) -> np.ndarray:
+        return clip.window_starts(self.window.frames, self.window.mel_frames)
+
+    def faces(self, clip: PreparedClip, starts: np.ndarray) -> np.ndarray:
+        return clip_face_embeddings(clip, starts, self.scorer, self.window.frames)
+
+    def sounds(self, clip: PreparedClip, wave: np.ndarray, grid: np.ndarray, shift: int) -> np.ndarray:
+        mel = shift_mel(clip.mel, shift, clip.fps) if shift else clip.mel
+        return self.scorer.audio_embeddings(clip.mel_windows(grid, self.window.mel_frames, mel))
+
+
+def clip_windows(scorer, config: Config) -> ClipWindows:
+    """The scorer's own `ClipWindows` where it has one (`clip_windows`), else a lip-sync expert's."""
+    own = getattr(scorer, "clip_windows", None)
+    return own if own is not None else MelWindows(scorer, config.window, config.decision.cohort())
+
+
+def shift_mel(mel: np.ndarray, shift_frames: int, fps: float = 25.0) -> np.ndarray:
+    """The mel of the same sound moved `shift_frames` video frames later (earlier when negative),
+    same length, silence where the sound moved away; what a file whose audio samples were delayed
+    (or cut) by that much would give. 5 frames at 25 fps are exactly 16 mel frames."""
+    mel_shift = shift_frames * MEL_FPS / fps
+    if mel_shift != round(mel_shift):
+        raise ValueError(f"a shift of {shift_frames} frames is not a whole number of mel frames")
+    mel_shift = int(round(mel_shift))
+    length = mel.shape[1]
+    kept = max(0, length - abs(mel_shift))  # mel frames of sound still inside the clip
+    moved = np.full_like(mel, MEL_SILENCE)
+    if mel_shift >= 0:
+        moved[:, length - kept:] = mel[:, :kept]
+    else:
+        moved[:, :kept] = mel[:, length - kept:]
+    return moved
+
+
+def window_similarities(clip: PreparedClip, windows: ClipWindows, max_shift: int, wave: np.ndarray) -> np.ndarray:
     """(windows, 2 * max_shift + 1) cosine of every valid face window with the audio at every shift
     (no rows when the face is never tracked on a whole window).
 
     Audio outside the clip is silence (as syncnet_python pads), so a clip shorter than the search
     range (LRW's 29 frames) still gets a full curve per window.
     """
-    frames, mel_frames = window.frames, window.mel_frames
-    starts = clip.window_starts(frames, mel_frames)
+    starts = windows.starts(clip)
     if len(starts) == 0:
         return np.zeros((0, 2 * max_shift + 1), np.float32)
-    faces = clip_face_embeddings(clip, starts, scorer, frames)
+    faces = windows.faces(clip, starts)
     grid = np.arange(starts[0] - max_shift, starts[-1] + max_shift + 1)  # every audio window a shift needs
-    audio = scorer.audio_embeddings(clip.mel_windows(grid, mel_frames))
+    audio = windows.sounds(clip, wave, grid, 0)
     # column i pairs window k with audio window k + i - max_shift, i.e. row k - starts[0] + i of `audio`
     return np.stack([np.einsum("kd,kd->k", faces, audio[starts - starts[0] + i])
                      for i in range(2 * max_shift + 1)], axis=1)
@@ -135,15 +201,16 @@ def analyse_clip(path: Path, config: Config, scorer: SyncScorer, max_shift: int)
         raise RtdiarError("max_shift must be at least 1 frame")
     if not probe(path).has_audio:
         raise RtdiarError(f"{path} has no audio stream: there is no sound to line up with the lips")
+    windows = clip_windows(scorer, config)
     with FaceDetector(config.detector) as detector, \
-            LipLandmarker() if scorer.needs_lips else contextlib.nullcontext() as landmarker:
-        clip = track_clip(Path(path), config, detector, landmarker=landmarker)
+            LipLandmarker() if windows.needs_lips else contextlib.nullcontext() as landmarker:
+        clip = track_clip(Path(path), config, detector, landmarker=landmarker, asd=windows.asd_crops)
     if clip is None:
         raise RtdiarError(f"{path}: no face found, so no lips to line the sound up with")
-    sims = window_similarities(clip, scorer, max_shift, config.window)
+    wave = FileSource(Path(path), None, "fast", config.video, config.audio).aligned_audio() if windows.asd_crops else None
+    sims = window_similarities(clip, windows, max_shift, wave)
     if len(sims) == 0:
-        raise RtdiarError(f"{path}: the face is tracked on fewer than {config.window.frames} frames in a row: "
-                          "too short to measure an offset")
+        raise RtdiarError(f"{path}: the face is tracked on too few frames in a row: too short to measure an offset")
     return read_offset(Path(path).name, sims, config)
 
 

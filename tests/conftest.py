@@ -60,20 +60,36 @@ def count_frames(path: Path) -> int:
     return count
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_downloads(tmp_path_factory) -> Iterator[Path]:
+    """An empty RTDIAR_WEIGHTS_DIR for every test: the default judgement (`auto`) is the one a fresh
+    install has, whatever this machine downloaded, and nothing touches the user's cache."""
+    folder = tmp_path_factory.mktemp("no_downloads")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RTDIAR_WEIGHTS_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
-def asd_weights_dir(shared_dir: Path, tmp_path_factory) -> Iterator[Path]:
-    """The four third-party active-speaker weights installed from ../shared/weights (checksums verified) into
-    a temporary RTDIAR_WEIGHTS_DIR, set for the session, so `--weights lrasd-ava` resolves in tests and the
-    `rtdiar` processes they start, and nothing touches the user's cache."""
+def installed_asd_weights(shared_dir: Path, tmp_path_factory) -> Path:
+    """The four third-party active-speaker weights installed once from ../shared/weights (checksums verified)."""
     from rtdiar.scorers.registry import MODELS, install_from
 
     folder = tmp_path_factory.mktemp("asd_weights")
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch:  # only while installing: a test asks for them (`asd_weights_dir`)
         patch.setenv("RTDIAR_WEIGHTS_DIR", str(folder))
         for model in MODELS.values():
             if not model.shipped:
                 install_from(model.name, shared_dir / "weights")
-        yield folder
+    return folder
+
+
+@pytest.fixture
+def asd_weights_dir(installed_asd_weights: Path, monkeypatch) -> Path:
+    """RTDIAR_WEIGHTS_DIR holding the downloads, for this test and the `rtdiar` processes it starts:
+    `--weights lrasd-ava` resolves, and `auto` is rtdiar-lrasd."""
+    monkeypatch.setenv("RTDIAR_WEIGHTS_DIR", str(installed_asd_weights))
+    return installed_asd_weights
 
 
 @pytest.fixture

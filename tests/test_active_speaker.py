@@ -32,10 +32,11 @@ def test_a_known_name_loads_its_family_with_its_own_decision_defaults(asd_weight
     assert scorer.family == "asd" and scorer.model.arch == "lrasd"
     assert scorer.needs.audio == "mfcc" and scorer.needs.crop(np.zeros((360, 640, 3), np.uint8),
                                                               np.array([100.0, 50.0, 200.0, 180.0])).shape == (112, 112)
-    assert config.decision.threshold == config.asd.decision["threshold"] != load_config().decision.threshold
+    pair = load_config(overrides={"model.weights": "rtdiar-pair"})
+    assert config.decision.threshold == config.asd.decision["threshold"] != pair.decision.threshold
     assert config.decision.cohort_shifts is None  # asd.decision laid over
     assert asd_config(**{"decision.threshold": 1.5}).decision.threshold == 1.5  # the user's flag still wins
-    assert load_config().decision.threshold == 0.03  # the sync experts keep theirs
+    assert pair.decision.threshold == 0.03  # the sync experts keep theirs
     assert scorer.delay == 9 and load_scorer(asd_config("lightasd-ava")).delay == 6  # exact: all they see ahead
 
 

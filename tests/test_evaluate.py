@@ -13,9 +13,10 @@ from rtdiar.scorers.baseline import EnergyBaseline
 from rtdiar.lab.dataset import PreparedClip
 from rtdiar.errors import RtdiarError
 from rtdiar.lab.evaluate import (APPLIED_SHIFTS, OFFSET_SEARCH, ClipEmbeddings, embed_clip, evaluate_model,
-                             format_report, hamilton_figure, offset_figure, roc_auc, shift_mel,
+                             format_report, hamilton_figure, offset_figure, roc_auc,
                              two_faces_figure, window_auc_figure)
 from rtdiar.scorers.inference import SyncScorer
+from rtdiar.offset import clip_windows, shift_mel
 from rtdiar.types import FaceResult, FrameResult
 
 GRID_PAD = 2 * OFFSET_SEARCH  # room for grid frames before 0 in the time-code embeddings
@@ -68,7 +69,7 @@ def test_offset_and_window_auc_of_a_perfect_scorer(config):
     mel = np.tile(np.arange(frames * 3.2 + 20, dtype=np.float32), (80, 1))
     clip = PreparedClip("wild/timecode", crops, np.ones(frames, bool), 0, mel)
     silence = np.zeros(int(frames / 25 * 16000), np.float32)
-    embedded = embed_clip(clip, silence, TimeCodeScorer(frames), config)
+    embedded = embed_clip(clip, silence, clip_windows(TimeCodeScorer(frames), config), config)
     np.testing.assert_array_equal(embedded.scores(None), 1.0)  # each window with its own sound
 
     offsets = offset_figure([embedded], config)
@@ -88,7 +89,7 @@ def test_a_clip_recorded_out_of_sync_misses_every_offset_but_follows_every_shift
     crops = np.repeat(np.arange(3, frames + 3, dtype=np.uint8), 48 * 96 * 3).reshape(frames, 48, 96, 3)
     mel = np.tile(np.arange(frames * 3.2 + 20, dtype=np.float32), (80, 1))
     late = embed_clip(PreparedClip("wild/late", crops, np.ones(frames, bool), 0, mel),
-                      np.zeros(int(frames / 25 * 16000), np.float32), TimeCodeScorer(frames), config)
+                      np.zeros(int(frames / 25 * 16000), np.float32), clip_windows(TimeCodeScorer(frames), config), config)
     offsets = offset_figure([late], config)
     assert offsets["per_clip"]["wild/late"] == [shift + 3 for shift in APPLIED_SHIFTS]
     assert offsets["accuracy"] == 0.0
@@ -128,7 +129,7 @@ def test_off_sync_sounds_are_judged_speech_by_their_own_time(config, dev_clip):
     clip = PreparedClip("wild/half_voiced", np.zeros((100, 48, 96, 3), np.uint8), np.ones(100, bool), 0,
                         np.full((80, 330), -4.0, np.float32))
     starts = np.array([[10, 25], [60, 75], [45, 60]])  # own sound, then 15 frames later; speech from 2.2 s
-    np.testing.assert_array_equal(speech_windows(clip, starts, wave, config),
+    np.testing.assert_array_equal(speech_windows(clip, starts, wave, config, config.window.mel_frames),
                                   [[False, False], [True, True], [False, True]])
 
 
@@ -276,8 +277,9 @@ def test_offset_figure_sees_what_the_offset_tool_sees(small_run, config):
 
     scorer = SyncScorer(EnergyBaseline(), torch.device("cpu"))
     clip = PreparedClip.load(next((small_run[1] / "cache").rglob("pcavs_00067.npz")))
-    embedded = embed_clip(clip, np.zeros(16000, np.float32), scorer, config)
-    tool = window_similarities(clip, scorer, OFFSET_SEARCH, config.window)
+    windows = clip_windows(scorer, config)
+    embedded = embed_clip(clip, np.zeros(16000, np.float32), windows, config)
+    tool = window_similarities(clip, windows, OFFSET_SEARCH, None)
     np.testing.assert_allclose(embedded.similarities(0), tool, atol=1e-6)
 
 

@@ -114,8 +114,15 @@ def test_a_silent_microphone_is_a_clear_error(monkeypatch, capsys, webcam, rando
     monkeypatch.setattr(sounddevice, "InputStream", fake_microphone(np.zeros(16000 * 4, np.float32)))
     assert main(["--camera", "0", "--no-window", "--weights", str(random_weights),
                  "--config", str(short_silence_timeout)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("rtdiar: error: microphone") and "silence" in err and len(err.splitlines()) == 1
+    started, err = _run_then_error(capsys)
+    assert err.startswith("rtdiar: error: microphone") and "silence" in err
+
+
+def _run_then_error(capsys) -> tuple[str, str]:
+    """A failure once the run has started: the start-up line saying which judgement runs, then one error line."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("rtdiar: judging with"), lines
+    return lines[0], lines[1]
 
 
 def test_a_microphone_that_delivers_nothing_is_a_clear_error(monkeypatch, capsys, webcam, random_weights,
@@ -123,5 +130,5 @@ def test_a_microphone_that_delivers_nothing_is_a_clear_error(monkeypatch, capsys
     monkeypatch.setattr(sounddevice, "InputStream", fake_microphone(np.zeros(0, np.float32)))
     assert main(["--camera", "0", "--no-window", "--weights", str(random_weights),
                  "--config", str(short_silence_timeout)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "microphone" in err and "no audio" in err and len(err.splitlines()) == 1
+    started, err = _run_then_error(capsys)
+    assert "microphone" in err and "no audio" in err

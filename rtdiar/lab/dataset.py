@@ -32,7 +32,7 @@ from rtdiar.config import Config
 from rtdiar.lips import LIPS_SHAPE, LIPS_VERSION, LipLandmarker, fill_gaps
 from rtdiar.media import lossy_round_trip
 from rtdiar.sources import FileSource
-from rtdiar.tracking import FaceDetector, IoUTracker, ShotCuts, crop_mouth_region
+from rtdiar.tracking import FaceDetector, IoUTracker, ShotCuts, crop_asd_face, crop_mouth_region
 from rtdiar.windows import MEL_FPS, mel_start_index, nearest_frames
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rtdiar" / "prepared"
@@ -51,7 +51,7 @@ class PreparedClip:
     """
 
     name: str
-    crops: np.ndarray  # (T, 48, 96, 3) uint8 BGR
+    crops: np.ndarray  # (T, 48, 96, 3) uint8 BGR mouths, or (T, 112, 112) uint8 grey faces (`asd` crops)
     valid: np.ndarray  # (T,) bool: a real crop lies within tolerance of the grid time
     first_frame: int
     mel: np.ndarray  # (80, M) float32, Wav2Lip's normalised log-mel
@@ -144,24 +144,28 @@ def find_clips(entries: Sequence[str | Path]) -> list[Path]:
     return sorted(p for p in found if p.suffix.lower() in VIDEO_SUFFIXES)
 
 
-def prep_digest(config: Config, scale: float = 1.0, lips: bool = False) -> str:
+def prep_digest(config: Config, scale: float = 1.0, lips: bool = False, asd: bool = False) -> str:
     """A short hash of every setting that shapes a prepared clip (`scale`: see `track_clip`; `lips`:
-    clips with lip points are cached apart, so a model that does not read them never waits for FaceMesh)."""
+    clips with lip points are cached apart, so a model that does not read them never waits for FaceMesh;
+    `asd`: the active-speaker models' face crops instead of mouths)."""
     shaping = {"version": PREP_VERSION, "detector": dataclasses.asdict(config.detector),
                "tracker": dataclasses.asdict(config.tracker), "window": dataclasses.asdict(config.window),
-               "sample_rate": config.audio.sample_rate, "frame_scale": scale, **({"lips": LIPS_VERSION} if lips else {})}
+               "sample_rate": config.audio.sample_rate, "frame_scale": scale, **({"lips": LIPS_VERSION} if lips else {}),
+               **({"asd_box_scale": config.asd.box_scale} if asd else {})}
     return hashlib.sha1(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def cache_path(clip: Path, cache_dir: Path, config: Config, scale: float = 1.0, lips: bool = False) -> Path:
+def cache_path(clip: Path, cache_dir: Path, config: Config, scale: float = 1.0, lips: bool = False,
+               asd: bool = False) -> Path:
     """Where a clip's prepared track lives: named by its folder and stem, under the settings hash."""
-    return cache_dir / prep_digest(config, scale, lips) / clip.parent.name / f"{clip.stem}.npz"
+    return cache_dir / prep_digest(config, scale, lips, asd) / clip.parent.name / f"{clip.stem}.npz"
 
 
 def track_clip(clip: Path, config: Config, detector: FaceDetector, scale: float = 1.0,
-               landmarker: LipLandmarker | None = None) -> PreparedClip | None:
+               landmarker: LipLandmarker | None = None, asd: bool = False) -> PreparedClip | None:
     """The clip's longest face track on the 25 fps grid, or None when no face was tracked; with a
-    `landmarker`, its lip points too.
+    `landmarker`, its lip points too; with `asd`, grey faces as LR-ASD / Light-ASD read them
+    (`crop_asd_face`) instead of mouths.
 
     `scale` < 1 shrinks every frame first (INTER_AREA, as a lower-resolution camera would see it):
     how the same people would look further from the camera, for measuring small faces.
@@ -174,7 +178,8 @@ def track_clip(clip: Path, config: Config, detector: FaceDetector, scale: float 
         image = frame.image if scale == 1.0 else cv2.resize(frame.image, None, fx=scale, fy=scale,
                                                              interpolation=cv2.INTER_AREA)
         for track in tracker.update(*detector.detect(image), cuts.is_cut(image)):
-            crop = crop_mouth_region(image, track.box, config.tracker, config.window.crop_px)
+            crop = crop_asd_face(image, track.box, config.asd.box_scale) if asd else \
+                crop_mouth_region(image, track.box, config.tracker, config.window.crop_px)
             points = landmarker.points(image, track.box) if landmarker else None
             tracks[track.id].append((frame.t, crop, float(track.box[3] - track.box[1]), points))
     if not tracks:
@@ -198,8 +203,8 @@ def track_clip(clip: Path, config: Config, detector: FaceDetector, scale: float 
 
 
 def _prepare_one(clip: Path, out: Path, config: Config, detector: FaceDetector, landmarker: LipLandmarker | None,
-                 scale: float) -> None:
-    prepared = track_clip(clip, config, detector, scale, landmarker)
+                 scale: float, asd: bool) -> None:
+    prepared = track_clip(clip, config, detector, scale, landmarker, asd)
     if prepared is None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".noface").touch()  # remembered, so the clip is not tried again
@@ -207,23 +212,23 @@ def _prepare_one(clip: Path, out: Path, config: Config, detector: FaceDetector, 
         prepared.save(out)
 
 
-def _prepare_batch(jobs: list[tuple[Path, Path]], config: Config, scale: float, lips: bool) -> int:
+def _prepare_batch(jobs: list[tuple[Path, Path]], config: Config, scale: float, lips: bool, asd: bool) -> int:
     """Prepare clips with one detector (and landmarker) for a worker process's whole share, or everything in-process."""
     with FaceDetector(config.detector) as detector, \
             LipLandmarker() if lips else contextlib.nullcontext() as landmarker:
         for clip, out in jobs:
-            _prepare_one(clip, out, config, detector, landmarker, scale)
+            _prepare_one(clip, out, config, detector, landmarker, scale, asd)
     return len(jobs)
 
 
 def prepare_clips(clips: Sequence[Path], cache_dir: Path, config: Config, workers: int = 2,
-                  scale: float = 1.0, lips: bool = False) -> list[Path]:
-    """Prepare the clips not cached yet (in `workers` processes), with their lip points if asked; the
-    cached paths of those with a face."""
-    targets = [(clip, cache_path(clip, cache_dir, config, scale, lips)) for clip in clips]
+                  scale: float = 1.0, lips: bool = False, asd: bool = False) -> list[Path]:
+    """Prepare the clips not cached yet (in `workers` processes), with their lip points if asked (or
+    the active-speaker models' faces, `asd`); the cached paths of those with a face."""
+    targets = [(clip, cache_path(clip, cache_dir, config, scale, lips, asd)) for clip in clips]
     todo = [(clip, out) for clip, out in targets if not out.exists() and not out.with_suffix(".noface").exists()]
     _in_workers(_prepare_batch, [todo[i:i + 8] for i in range(0, len(todo), 8)], workers, "preparing clips",
-                config, scale, lips)
+                config, scale, lips, asd)
     return [out for _, out in targets if out.exists()]
 
 

@@ -34,13 +34,13 @@ from scipy.stats import rankdata
 from tqdm import tqdm
 
 from rtdiar.lab import dataset
-from rtdiar.audio import MEL_SILENCE, VoiceActivity
+from rtdiar.audio import VoiceActivity
 from rtdiar.cohort import relative_scores
 from rtdiar.config import PROJECT_ROOT, Config
 from rtdiar.lab.dataset import PreparedClip
 from rtdiar.errors import RtdiarError
 from rtdiar.scorers.inference import SyncScorer
-from rtdiar.offset import clip_face_embeddings, read_offset
+from rtdiar.offset import ClipWindows, clip_windows, read_offset
 from rtdiar.sources import FileSource
 from rtdiar.types import FrameResult
 from rtdiar.windows import MEL_FPS
@@ -108,24 +108,6 @@ class ClipEmbeddings:
         return self.starts - self.starts[0] + self.margin + shift
 
 
-def shift_mel(mel: np.ndarray, shift_frames: int, fps: float = 25.0) -> np.ndarray:
-    """The mel of the same sound moved `shift_frames` video frames later (earlier when negative),
-    same length, silence where the sound moved away; what a file whose audio samples were delayed
-    (or cut) by that much would give. 5 frames at 25 fps are exactly 16 mel frames."""
-    mel_shift = shift_frames * MEL_FPS / fps
-    if mel_shift != round(mel_shift):
-        raise ValueError(f"a shift of {shift_frames} frames is not a whole number of mel frames")
-    mel_shift = int(round(mel_shift))
-    length = mel.shape[1]
-    kept = max(0, length - abs(mel_shift))  # mel frames of sound still inside the clip
-    moved = np.full_like(mel, MEL_SILENCE)
-    if mel_shift >= 0:
-        moved[:, length - kept:] = mel[:, :kept]
-    else:
-        moved[:, :kept] = mel[:, length - kept:]
-    return moved
-
-
 def roc_auc(positives: np.ndarray, negatives: np.ndarray) -> float | None:
     """Probability that a positive outscores a negative (ties count half): the Mann-Whitney U over
     both counts. None when either side is empty."""
@@ -136,34 +118,33 @@ def roc_auc(positives: np.ndarray, negatives: np.ndarray) -> float | None:
     return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * len(negatives)))
 
 
-def speech_windows(clip: PreparedClip, starts: np.ndarray, wave: np.ndarray, config: Config) -> np.ndarray:
+def speech_windows(clip: PreparedClip, starts: np.ndarray, wave: np.ndarray, config: Config,
+                   mel_frames: int) -> np.ndarray:
     """Whether the audio windows at grid frames `starts` (any shape) are speech, by the engine's VAD
     rule (the clip's audio, sample 0 at t = 0); the VAD runs over the clip once."""
     sample_rate = config.audio.sample_rate
     vad = VoiceActivity(sample_rate, history_s=len(wave) / sample_rate + 1.0)
     vad.push(wave)
     start_s = (clip.first_frame + np.ravel(starts)) / clip.fps
-    probs = [vad.speech_prob(t, t + config.window.mel_frames / MEL_FPS) for t in start_s]
+    probs = [vad.speech_prob(t, t + mel_frames / MEL_FPS) for t in start_s]
     speech = [p is not None and p >= config.decision.vad_threshold for p in probs]
     return np.array(speech, dtype=bool).reshape(np.shape(starts))
 
 
-def embed_clip(clip: PreparedClip, wave: np.ndarray, scorer: SyncScorer, config: Config) -> ClipEmbeddings | None:
+def embed_clip(clip: PreparedClip, wave: np.ndarray, windows: ClipWindows, config: Config) -> ClipEmbeddings | None:
     """Every valid face window of the clip and every audio window its figures pair it with; None
     when the face is never tracked on a whole window."""
-    frames, mel_frames = config.window.frames, config.window.mel_frames
-    starts = clip.window_starts(frames, mel_frames)
+    starts = windows.starts(clip)
     if len(starts) == 0:
         return None
-    faces = clip_face_embeddings(clip, starts, scorer, frames)
-    cohort = config.decision.cohort()
+    faces = windows.faces(clip, starts)
+    cohort = windows.cohort
     margin = OFFSET_SEARCH + (cohort[-1] if cohort else 0)
     grid = np.arange(starts[0] - margin, starts[-1] + OFFSET_SEARCH + 1)
-    audio = {shift: scorer.audio_embeddings(clip.mel_windows(grid, mel_frames, shift_mel(clip.mel, shift, clip.fps)))
-             for shift in APPLIED_SHIFTS}
+    audio = {shift: windows.sounds(clip, wave, grid, shift) for shift in APPLIED_SHIFTS}
     paired = starts[:, None] + np.array((0, *OFF_SYNC_SHIFTS))  # each window's own audio, then its off-sync audio
-    speech = speech_windows(clip, paired, wave, config)
-    return ClipEmbeddings(clip.name, starts, faces, audio, speech[:, 0], clip.audio_inside(paired[:, 1:], mel_frames),
+    speech = speech_windows(clip, paired, wave, config, windows.mel_frames)
+    return ClipEmbeddings(clip.name, starts, faces, audio, speech[:, 0], clip.audio_inside(paired[:, 1:], windows.mel_frames),
                           speech[:, 1:], clip.face_px, clip.tracked_share(), margin)
 
 
@@ -328,16 +309,17 @@ def crowd_figure(results: list[FrameResult]) -> dict:
             "speech_heard": sum(r.speech for r in results) / frames if frames else None}
 
 
-def load_dev_clips(clip_paths: list[Path], cache_dir: Path, config: Config, scorer: SyncScorer,
+def load_dev_clips(clip_paths: list[Path], cache_dir: Path, config: Config, windows: ClipWindows,
                    scale: float = 1.0) -> tuple[list[ClipEmbeddings], list[str]]:
     """The clips prepared (cached) and embedded; the names of those with no usable face track."""
-    dataset.prepare_clips(clip_paths, cache_dir, config, scale=scale, lips=scorer.needs_lips)
+    kind = {"lips": windows.needs_lips, "asd": windows.asd_crops}
+    dataset.prepare_clips(clip_paths, cache_dir, config, scale=scale, **kind)
     embedded, skipped = [], []
     for path in tqdm(clip_paths, desc="embedding dev clips", unit="clip"):
-        npz = dataset.cache_path(path, cache_dir, config, scale, scorer.needs_lips)
+        npz = dataset.cache_path(path, cache_dir, config, scale, **kind)
         clip = PreparedClip.load(npz) if npz.exists() else None
         wave = FileSource(path, None, "fast", config.video, config.audio).aligned_audio() if clip else None
-        result = embed_clip(clip, wave, scorer, config) if clip else None
+        result = embed_clip(clip, wave, windows, config) if clip else None
         if result is None:
             skipped.append(path.name)
         else:
@@ -360,17 +342,19 @@ def evaluate_model(config: Config, scorer: SyncScorer, data_dir: Path | None = N
     clip_paths = dataset.find_clips([wild]) if clips is None else clips
     if not clip_paths:
         raise RtdiarError(f"no video files in {wild if clips is None else 'the held-out clips'}")
-    embedded, skipped = load_dev_clips(clip_paths, cache_dir, config, scorer, scale)
+    windows = clip_windows(scorer, config)
+    embedded, skipped = load_dev_clips(clip_paths, cache_dir, config, windows, scale)
     if not embedded:
         raise RtdiarError(f"no face tracked in any of the {len(clip_paths)} clips")
     source = str(data_dir) if clips is None else os.path.commonpath([path.parent for path in clip_paths])
-    cohort, smooth_windows = config.decision.cohort(), int(round(SMOOTH_S * config.window.fps))
-    figures = {"arch": getattr(scorer.model, "arch", type(scorer.model).__name__), "data": source,
+    cohort, smooth_windows = windows.cohort, int(round(SMOOTH_S * config.window.fps))
+    figures = {"arch": config.model.named_arch() or getattr(scorer.model, "arch", type(scorer.model).__name__),
+               "data": source,
                "clips": len(embedded), "clips_without_face": skipped, "frame_scale": scale,
                "face": {"median_px": float(np.median([clip.face_px for clip in embedded])),
                         "tracked": float(np.mean([clip.tracked for clip in embedded])),
                         "per_clip": {clip.name: {"px": clip.face_px, "tracked": clip.tracked} for clip in embedded}},
-               "cohort_shifts": config.decision.cohort_shifts,
+               "cohort_shifts": [cohort[0], cohort[-1]] if cohort else None,
                "window_auc": window_auc_figure(embedded, cohort), "offset": offset_figure(embedded, config),
                "two_faces": two_faces_figure(embedded, smooth_windows, cohort)}
     if cohort is not None:  # what the cohort adds: the same figures on the model's raw cosine
@@ -422,7 +406,7 @@ def format_report(figures: dict) -> str:
     shrunk = (f", every frame shrunk to {figures['frame_scale']:g}x (no engine figures: they need the file as "
               "recorded)") if figures["frame_scale"] != 1.0 else ""
     cohort = figures.get("cohort_shifts")
-    scored = (f"scores relative to off-sync pairings {cohort[0]}-{cohort[1]} frames back (decision.cohort_shifts)"
+    scored = (f"scores relative to off-sync pairings {cohort[0]}-{cohort[1]} frames back (rtdiar.cohort)"
               if cohort else "raw cosine scores")
     lines = [f"rtdiar evaluate: model {figures['arch']}, {figures['clips']} dev clips from {figures['data']}{shrunk}",
              f"  {scored}",

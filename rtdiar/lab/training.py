@@ -41,7 +41,7 @@ from rtdiar.lab.evaluate import roc_auc
 from rtdiar.scorers.inference import SyncScorer, load_scorer, pack_faces
 from rtdiar.lips import MIRRORED
 from rtdiar.scorers.syncnet import build_model, face_inputs, pair_models, save_weights, weights_arch
-from rtdiar.offset import window_similarities
+from rtdiar.offset import MelWindows, window_similarities
 
 DEFAULT_TRAIN_CONFIG = PROJECT_ROOT / "configs" / "train.yaml"
 MEL_UNITS_PER_DB = 0.08  # Wav2Lip's normalisation maps 100 dB onto 8 units
@@ -385,9 +385,10 @@ def in_sync_starts(clips: list[PreparedClip], scorer: SyncScorer, tolerance: int
     only by chance.
     """
     max_shift = 2 * tolerance + window.frames
+    windows = MelWindows(scorer, window)
     kept = []
     for clip in tqdm(clips, desc="sync filter", unit="clip"):
-        sims = window_similarities(clip, scorer, max_shift, window)
+        sims = window_similarities(clip, windows, max_shift, None)
         best = sims.argmax(axis=1) - max_shift if len(sims) else np.zeros(0, int)
         kept.append(clip.window_starts(window.frames, window.mel_frames)[np.abs(best) <= tolerance])
     return kept

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from rtdiar.config import Config
+from rtdiar.scorers.asd import EMBED_DIM
 from rtdiar.scorers.asd_stream import VisualStream
 from rtdiar.scorers.base import FrameScores, ScorerNeeds, TrackWindow
 from rtdiar.tracking import crop_asd_face
@@ -48,6 +49,7 @@ class ActiveSpeakerScorer:
                                  frames=config.model.stride_frames, audio="mfcc",
                                  audio_frames=acfg.window_frames + self.delay + AUDIO_CONTEXT_FRAMES,
                                  latency_frames=self.delay + self.lookahead)
+        self.kept_frames = self.window_frames  # face embeddings kept per track
         self._faces: dict[int, deque[np.ndarray]] = {}  # per track, its last face embeddings, newest last
         self._last_step: dict[int, int] = {}
 
@@ -59,26 +61,35 @@ class ActiveSpeakerScorer:
     def score_frame(self, step: int, tracks: list[TrackWindow], audio: np.ndarray) -> FrameScores:
         """`audio`: the MFCC rows of the frames up to `step` (4 a frame); each track's crops end at `step`."""
         self._embed_new_frames(step, tracks)
+        if not any(self._faces.get(track.id) for track in tracks):
+            return FrameScores({})
+        return FrameScores(self._speaking_logits(tracks, self._sound(audio)))
+
+    def _sound(self, audio: np.ndarray) -> torch.Tensor:
+        """(frames, 128) sound embeddings up to the newest embedded face frame, inclusive, newest last."""
         audio_frames = len(audio) // MFCC_PER_FRAME
+        if audio_frames <= self.delay:
+            return torch.zeros((0, EMBED_DIM), device=self.device)
+        with torch.inference_mode():
+            mfcc = torch.from_numpy(np.ascontiguousarray(audio[:audio_frames * MFCC_PER_FRAME], np.float32))
+            return self.model.audio_frontend(mfcc[None].to(self.device))[0, :audio_frames - self.delay]
+
+    def _speaking_logits(self, tracks: list[TrackWindow], sound: torch.Tensor) -> dict[int, float]:
+        """Each track's speaking logit: the back end over its last face embeddings and the same frames' sound."""
         spans: dict[int, list[int]] = {}  # back-end length -> tracks: equal lengths run as one batch
         for track in tracks:
             faces = self._faces.get(track.id)
-            length = min(len(faces), audio_frames - self.delay) if faces else 0
+            length = min(len(faces), len(sound), self.window_frames) if faces else 0
             if length > 0:
                 spans.setdefault(length, []).append(track.id)
-        if not spans:
-            return FrameScores({})
+        raw = {}
         with torch.inference_mode():
-            mfcc = torch.from_numpy(np.ascontiguousarray(audio[:audio_frames * MFCC_PER_FRAME], np.float32))
-            sound = self.model.audio_frontend(mfcc[None].to(self.device))[0]  # (audio_frames, 128), newest last
-            raw = {}
             for length, ids in spans.items():
-                end = audio_frames - self.delay  # the sound of the newest embedded face frame, exclusive
-                a = sound[None, end - length:end].expand(len(ids), -1, -1)
+                a = sound[None, len(sound) - length:].expand(len(ids), -1, -1)
                 v = torch.from_numpy(np.stack([np.stack(list(self._faces[tid])[-length:]) for tid in ids])).to(self.device)
                 logits = self.model.speaking_logits(a, v)[:, length - 1 - min(self.lookahead, length - 1)]
                 raw.update(zip(ids, logits.float().cpu().tolist()))
-        return FrameScores(raw)
+        return raw
 
     def _embed_new_frames(self, step: int, tracks: list[TrackWindow]) -> None:
         """Push each track's frames newer than its last pushed step through the face front end, all
@@ -98,4 +109,4 @@ class ActiveSpeakerScorer:
         for round_ in range(max((len(crops) for crops in fresh.values()), default=0)):
             batch = {tid: crops[round_] for tid, crops in fresh.items() if round_ < len(crops)}
             for tid, embedding in self.visual.push(batch).items():
-                self._faces.setdefault(tid, deque(maxlen=self.window_frames)).append(embedding)
+                self._faces.setdefault(tid, deque(maxlen=self.kept_frames)).append(embedding)

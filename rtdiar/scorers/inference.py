@@ -235,6 +235,24 @@ def _batched(embed: Callable[..., np.ndarray], batch: int, *items: np.ndarray | 
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
+def _fused_scorer(head: nn.Module, metadata: dict[str, str], device: torch.device, config: Config) -> Scorer:
+    """rtdiar's sync head on the front ends of the downloaded model its file names, fused with that model."""
+    from rtdiar.scorers.fused import FusedScorer
+    from rtdiar.scorers.registry import MODELS, local_path
+
+    if config.model.runtime == "onnx":
+        raise RtdiarError("the sync head streams its frames in torch: use --runtime torch (or auto)")
+    frontends = MODELS[metadata["frontends"]]
+    path = local_path(frontends)
+    if not path.exists():
+        raise RtdiarError(f"'{config.model.weights}' reads the front ends of {frontends.name}, not downloaded: "
+                          f"rtdiar weights download {frontends.name}")
+    net = build_model(frontends.arch)
+    load_weights(net, path)
+    low, high = (int(v) for v in metadata["cohort_shifts"].split(","))
+    return FusedScorer(net, head, device, config, range(low, high + 1))
+
+
 def load_scorer(config: Config) -> Scorer:
     """The configured network with its weights, on the configured device and runtime, ready to score.
 
@@ -247,10 +265,13 @@ def load_scorer(config: Config) -> Scorer:
     model = build_model(arch)
     trained = any(True for _ in model.parameters())  # a training-free scorer has nothing to load
     runtime = resolve_runtime(cfg.runtime, device, trained)
+    metadata: dict[str, str] = {}
     if trained:
         if not path.exists():
             raise RtdiarError(f"no weights at {path}: pass --weights NAME|FILE (`rtdiar weights` lists the known models)")
-        load_weights(model, path)
+        metadata = load_weights(model, path)
+    if arch == "sync_head":
+        return _fused_scorer(model, metadata, device, config)
     if arch in ASD_ARCHS:
         from rtdiar.scorers.active_speaker import ActiveSpeakerScorer
 

@@ -49,6 +49,8 @@ MODELS: dict[str, KnownModel] = {m.name: m for m in (
                "rtdiar (the default)"),
     KnownModel("rtdiar-lips", "rtdiar_syncnet_lips.safetensors", "compact_lips", 14_917_232, "MIT", _OWN_DATA,
                "rtdiar"),
+    KnownModel("rtdiar-lrasd", "rtdiar_sync_lrasd.safetensors", "sync_head", 5_269_856, "MIT",
+               "its head: train/ (~110 people); reads lrasd-ava's front ends", "rtdiar (sync head + LR-ASD)"),
     KnownModel("lrasd-ava", "lrasd_pretrain_AVA.model", "lrasd", 3_426_337, "MIT", "AVA-ActiveSpeaker",
                "LR-ASD, IJCV 2025", _LRASD + "pretrain_AVA.model",
                "85e6c77fc981595234790d1e128ebb60352d37726b2445e0ef8891e2512fe9e3"),
@@ -77,8 +79,31 @@ def local_path(model: KnownModel) -> Path:
     return (SHIPPED_DIR if model.shipped else weights_dir()) / model.file
 
 
+BEST = "auto"  # the best judgement this machine has (`best_available`)
+BETTER, FALLBACK, NEEDED = "rtdiar-lrasd", "rtdiar-pair", "lrasd-ava"  # BETTER reads NEEDED's front ends
+
+
+def best_available() -> KnownModel:
+    """rtdiar-lrasd once lrasd-ava is downloaded, else rtdiar's own lip-sync experts."""
+    return MODELS[BETTER] if local_path(MODELS[NEEDED]).exists() else MODELS[FALLBACK]
+
+
+def judgement_line(weights: str) -> str:
+    """The one start-up line: which judgement runs, and how to get the better one where it is not."""
+    name = best_available().name if weights == BEST else str(weights)
+    line = f"rtdiar: judging with {name}"
+    if name == BETTER:
+        return f"{line} (LR-ASD's speaking score, checked against the sound by rtdiar's sync head)"
+    if not local_path(MODELS[NEEDED]).exists():
+        return f"{line}; for the better {BETTER}: rtdiar weights download {NEEDED}"
+    return line
+
+
 def resolve(name_or_path: str | Path) -> Path:
-    """A known name's file on this machine; anything else is a path, returned as it is."""
+    """A known name's file on this machine (`auto`: the best available); anything else is a path,
+    returned as it is."""
+    if str(name_or_path) == BEST:
+        return local_path(best_available())
     model = MODELS.get(str(name_or_path))
     if model is None:
         return Path(name_or_path)

@@ -19,6 +19,7 @@ from torch import nn
 
 from rtdiar.scorers.asd import LRASD, LightASD
 from rtdiar.scorers.baseline import EnergyBaseline
+from rtdiar.scorers.sync_head import SyncHead
 from rtdiar.errors import RtdiarError
 
 MODULE_PREFIX = "module."  # what nn.DataParallel puts in front of every key
@@ -263,6 +264,7 @@ ARCHS: dict[str, Callable[[], nn.Module]] = {
     "baseline": EnergyBaseline,  # training-free: lip opening vs loudness, the floor to beat
     "lrasd": LRASD,  # active-speaker models (their published .model files): a speaking logit, not a sync cosine
     "lightasd": LightASD,
+    "sync_head": SyncHead,  # rtdiar's sync head on LR-ASD's front ends, fused with its logit (scorers/fused.py)
 }
 
 

@@ -1,0 +1,96 @@
+"""rtdiar-lrasd: LR-ASD's speaking score checked against the sound by rtdiar's sync head. Known by
+name and chosen by `auto` once LR-ASD is downloaded; live, each score is what the fusion was fitted
+on; the head's recipe learns sync from in-sync clips alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rtdiar.config import load_config
+from rtdiar.errors import RtdiarError
+from rtdiar.lab import sync_training
+from rtdiar.lab.evaluate import roc_auc
+from rtdiar.lab.frontends import FrontendClip
+from rtdiar.scorers.base import TrackWindow
+from rtdiar.scorers.fused import FusedScorer, face_embeddings, sound_embeddings
+from rtdiar.scorers.inference import load_scorer
+from rtdiar.scorers.registry import judgement_line, resolve
+from rtdiar.scorers.sync_head import SyncHead
+
+
+def fused_config(name: str = "rtdiar-lrasd", **overrides):
+    return load_config(overrides={"model.weights": name, "model.device": "cpu", **overrides})
+
+
+def test_auto_takes_the_fused_judgement_once_lrasd_is_downloaded(asd_weights_dir, tmp_path, monkeypatch):
+    scorer = load_scorer(fused_config("auto"))
+    assert isinstance(scorer, FusedScorer) and scorer.family == "asd"
+    assert fused_config("auto").decision.threshold == 0.0  # a logit: the active-speaker decision defaults
+    assert "rtdiar-lrasd" in judgement_line("auto") and "download" not in judgement_line("auto")
+    monkeypatch.setenv("RTDIAR_WEIGHTS_DIR", str(tmp_path))  # nothing downloaded here
+    assert resolve("auto").name == "rtdiar_syncnet.safetensors"
+    line = judgement_line("auto")
+    assert line.startswith("rtdiar: judging with rtdiar-pair") and "rtdiar weights download lrasd-ava" in line
+    with pytest.raises(RtdiarError, match="rtdiar weights download lrasd-ava") as error:
+        load_scorer(fused_config())
+    assert "\n" not in str(error.value)
+
+
+def test_each_live_score_is_what_the_fusion_was_fitted_on(asd_weights_dir, one_thread):
+    """Streamed frame by frame, the fused score of a face is the fusion of the LR-ASD logit and the
+    cohort-relative sync score that `sync_training.pairing_features` computes offline on the same
+    face and sound: the fit and the live judgement read the same numbers."""
+    scorer = load_scorer(fused_config())
+    torch.manual_seed(0)
+    head = SyncHead()
+    head.fusion.copy_(torch.tensor([0.5, 2.0, -0.1]))
+    scorer = FusedScorer(scorer.model, head.eval(), torch.device("cpu"), fused_config(), range(5, 26))
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (72, 112, 112), dtype=np.uint8)
+    mfcc = rng.normal(0.0, 5.0, (4 * len(frames), 13)).astype(np.float32)
+    live = {}
+    rows_kept = 4 * scorer.needs.audio_frames
+    for step in range(len(frames)):
+        audio = mfcc[max(0, 4 * step + 4 - rows_kept):4 * step + 4]
+        live[step] = scorer.score_frame(step, [TrackWindow(4, frames[step:step + 1])], audio).raw.get(4)
+
+    faces, sound = face_embeddings(scorer.model, frames), sound_embeddings(scorer.model, mfcc)
+    embedded = len(frames) - scorer.delay  # the face frames the stream has embedded by the last step
+    features = sync_training.pairing_features(scorer.model, head, faces[:embedded], sound[:embedded],
+                                              range(5, 26), scorer.window_frames)
+    offline = features @ head.fusion[:2].numpy() + head.fusion[2].item()
+    first = sync_training.first_scored(head, range(5, 26), scorer.window_frames)
+    scored = [live[first + i + scorer.delay] for i in range(len(offline))]
+    assert first == 39 and len(offline) == 24
+    np.testing.assert_allclose(scored, offline, atol=2e-3)
+
+
+def _synthetic_clips(count: int, frames: int, rng: np.random.Generator, mix: np.ndarray) -> list[FrontendClip]:
+    """Clips whose face embeddings follow their sound's through a fixed map, frame by frame: in sync."""
+    clips = []
+    for i in range(count):
+        sound = rng.normal(size=(frames, 128)).astype(np.float32)
+        faces = (sound @ mix + 0.3 * rng.normal(size=(frames, 128))).astype(np.float32)
+        clips.append(FrontendClip(f"synthetic/{i}", faces, np.ones(frames, bool), 0, sound, np.ones(frames, np.float32)))
+    return clips
+
+
+def test_the_recipe_learns_sync_from_in_sync_clips_alone():
+    """Trained on in-sync clips with their own shifted sound as the negatives, the head tells a new
+    clip's face in sync from the same face with its sound 5-15 frames off."""
+    rng = np.random.default_rng(0)
+    mix = rng.normal(size=(128, 128)).astype(np.float32) / np.sqrt(128)
+    recipe = sync_training.load_recipe(None)
+    recipe.frames, recipe.width, recipe.epochs, recipe.clips_per_batch = 5, 32, 15, 8
+    head = sync_training.train_head(recipe, _synthetic_clips(64, 40, rng, mix))
+    positives, negatives = [], []
+    for clip in _synthetic_clips(8, 40, rng, mix):
+        with torch.inference_mode():
+            faces = head.face.sequence(torch.from_numpy(clip.faces)[None])[0].numpy()
+            sounds = head.sound.sequence(torch.from_numpy(clip.sound)[None])[0].numpy()
+        for k in range(15, len(faces) - 15):
+            positives.append(faces[k] @ sounds[k])
+            negatives += [faces[k] @ sounds[k + shift] for shift in (-15, -10, -5, 5, 10, 15)]
+    assert roc_auc(np.array(positives), np.array(negatives)) > 0.9
