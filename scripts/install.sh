@@ -33,5 +33,5 @@ fi
 .venv/bin/python -c "import cv2, mediapipe, torch, PyQt5, rtdiar; print('rtdiar ready: torch', torch.__version__, '| opencv', cv2.__version__)"
 # LR-ASD's active-speaker weights (MIT, 3.4 MB) are optional: offline, or on any failure, say so in one line and carry on
 if ! timeout -s INT -k 5 20 .venv/bin/rtdiar weights download lrasd-ava 2>/dev/null; then
-  echo "rtdiar: lrasd-ava not downloaded (offline?): the shipped model runs; later: rtdiar weights download lrasd-ava"
+  echo "rtdiar: lrasd-ava not downloaded (offline?): rtdiar-pair runs; later, rtdiar weights download lrasd-ava makes rtdiar-lrasd the default"
 fi
