@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import queue
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 from rtdiar.config import Config, load_config
 from rtdiar.errors import RtdiarError
 from rtdiar.scorers.registry import build_weights_parser, judgement_line, weights_command
+from rtdiar.signals import stop_on_signals
 
 DESCRIPTION = """\
 Real-time audio-visual speaker diarization: shows who is speaking by checking whose lips move in
@@ -206,6 +208,18 @@ def _run_with_window(diarizer, source, sinks: list, config: Config, title: str) 
         raise failure[0]
 
 
+def _request_stop(diarizer, windowed: bool) -> None:
+    """A stop signal's work: ask the engine to end after the frame in hand, and close the window
+    (its event loop returns, and the run ends as when the user closes it)."""
+    diarizer.stop()
+    if windowed:
+        from PyQt5.QtWidgets import QApplication
+
+        app = QApplication.instance()
+        if app is not None:
+            app.closeAllWindows()
+
+
 def run(args: argparse.Namespace) -> int:
     """The main job: one source through the engine into the window and/or the outputs."""
     from rtdiar.engine import Diarizer
@@ -221,11 +235,12 @@ def run(args: argparse.Namespace) -> int:
         print(judgement_line(config.model.weights), file=sys.stderr)  # once the run can start: an error stays one line
         diarizer = Diarizer(config, scorer)
         try:
-            if args.no_window:
-                _consume(diarizer.run(source), sinks, None)
-            else:
-                _run_with_window(diarizer, source, sinks, config, f"rtdiar — {source.name}")
-        except KeyboardInterrupt:
+            with stop_on_signals(functools.partial(_request_stop, diarizer, windowed=not args.no_window)):
+                if args.no_window:
+                    _consume(diarizer.run(source), sinks, None)
+                else:
+                    _run_with_window(diarizer, source, sinks, config, f"rtdiar — {source.name}")
+        except KeyboardInterrupt:  # Ctrl-C before the handlers were in place
             diarizer.stop()
         finally:
             source.close()  # also when the run never started; closing twice is harmless
