@@ -32,6 +32,7 @@ other commands (each has --help):
   rtdiar evaluate                                    the model's figures on unseen people (../shared/data/dev)
   rtdiar bench [--speed | --soak]                    who-speaks accuracy on composite meetings; speed; soak
   rtdiar weights [download NAME... [--from DIR]]     models by name for --weights; fetch third-party ones
+  rtdiar batch INPUT... --out DIR [--workers N]      an archive of recordings, resumable, in parallel
 """
 
 
@@ -129,20 +130,6 @@ def _output_paths(args: argparse.Namespace) -> dict[str, Path]:
     return paths
 
 
-def _open_sinks(paths: dict[str, Path], config: Config, source) -> list:
-    """One sink per requested output."""
-    from rtdiar.outputs import AnnotatedVideoSink, FaceCropSink, JsonlSink, PlotSink, RttmSink
-
-    makers: dict[str, Callable[[Path], object]] = {
-        "jsonl": JsonlSink,
-        "rttm": lambda p: RttmSink(p, source.name),
-        "annotated": lambda p: AnnotatedVideoSink(p, source.fps, source.audio_path, source.audio_offset_s),
-        "plot": lambda p: PlotSink(p, config.decision.threshold),
-        "faces": lambda p: FaceCropSink(p, source.fps, config.tracker, source.audio_path, source.audio_offset_s),
-    }
-    return [makers[name](path) for name, path in paths.items()]
-
-
 def _check_faces_dir(folder: Path, overwrite: bool) -> None:
     if folder.exists() and not folder.is_dir():
         raise RtdiarError(f"--save-faces {folder} exists and is not a folder")
@@ -223,6 +210,7 @@ def _request_stop(diarizer, windowed: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     """The main job: one source through the engine into the window and/or the outputs."""
     from rtdiar.engine import Diarizer
+    from rtdiar.outputs import open_sinks
     from rtdiar.scorers.inference import load_scorer
 
     _check_args(args)
@@ -231,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
     scorer = load_scorer(config)  # before the source opens: a camera is not held while bad weights are reported
     with tempfile.TemporaryDirectory(prefix="rtdiar-") as scratch:
         source = _open_source(args, config, Path(scratch))
-        sinks = _open_sinks(paths, config, source)
+        sinks = open_sinks(paths, config, source)
         print(judgement_line(config.model.weights), file=sys.stderr)  # once the run can start: an error stays one line
         diarizer = Diarizer(config, scorer)
         try:
@@ -454,6 +442,36 @@ def _bench_soak(args: argparse.Namespace, cfg, places: dict) -> dict:
     return {"soak": runs}
 
 
+def build_batch_parser() -> argparse.ArgumentParser:
+    parser = _command_parser(
+        "batch", "Many recordings through the same engine, as fast as possible, in parallel processes. Each gets "
+                 "OUT/<name>/ (JSON lines, RTTM, what else is asked); OUT/summary.csv and OUT/all.rttm gather them. "
+                 "Resumable: a finished recording is skipped, a failed one keeps its error (--retry-failed).")
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                        help="a video file, a folder (every video under it) or a .txt list (a path a line)")
+    parser.add_argument("--out", metavar="DIR", type=Path, required=True, help="where the results go")
+    parser.add_argument("--workers", metavar="N", type=int, help="recordings at a time (default: one per two cores)")
+    parser.add_argument("--retry-failed", action="store_true", help="run the recordings that failed before again")
+    for name, what in (("annotated", "the annotated video"), ("plot", "the score plot"), ("faces", "one video per face")):
+        parser.add_argument(f"--{name}", action="store_true", help=f"also write {what} of each recording")
+    add_model_arguments(parser)
+    return parser
+
+
+def batch(args: argparse.Namespace) -> int:
+    """`rtdiar batch`: status 0 when every recording is done, 1 when some failed (their errors are in summary.csv)."""
+    from rtdiar.batch import OUTPUTS, run_batch
+
+    if args.workers is not None and args.workers < 1:
+        raise RtdiarError("--workers must be at least 1")
+    outputs = tuple(name for name in OUTPUTS if getattr(args, name))
+    outcomes = run_batch(args.inputs, args.out, config_from_args(args), args.workers, outputs, args.retry_failed)
+    failed = sum(outcome.status != "ok" for outcome in outcomes)
+    if failed:
+        print(f"rtdiar batch: {failed} of {len(outcomes)} recordings failed: see {args.out / 'summary.csv'}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 # `rtdiar NAME ...` runs a command; anything else is the main job (`rtdiar --camera 0`).
 COMMANDS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {
     "offset": (build_offset_parser, offset),
@@ -461,6 +479,7 @@ COMMANDS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[[argpa
     "evaluate": (build_evaluate_parser, evaluate),
     "bench": (build_bench_parser, bench),
     "weights": (build_weights_parser, weights_command),
+    "batch": (build_batch_parser, batch),
 }
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rtdiar.config import TrackerConfig
+from rtdiar.config import Config, TrackerConfig
 from rtdiar.drawing import annotate, track_colour_rgb
 from rtdiar.errors import RtdiarError
 from rtdiar.media import require_tool, probe
@@ -363,3 +363,16 @@ class PlotSink:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside, never over a curve
         fmt = self.path.suffix.lstrip(".").lower()
         fig.savefig(self.path, format=fmt if fmt in fig.canvas.get_supported_filetypes() else "png")
+
+
+def open_sinks(paths: dict[str, Path], config: Config, source, name: str | None = None) -> list:
+    """One sink per requested output (`jsonl`, `rttm`, `annotated`, `plot`, `faces`) of a run of
+    `source`; `name` is the RTTM's file id (default: the source's)."""
+    makers = {
+        "jsonl": JsonlSink,
+        "rttm": lambda p: RttmSink(p, name or source.name),
+        "annotated": lambda p: AnnotatedVideoSink(p, source.fps, source.audio_path, source.audio_offset_s),
+        "plot": lambda p: PlotSink(p, config.decision.threshold),
+        "faces": lambda p: FaceCropSink(p, source.fps, config.tracker, source.audio_path, source.audio_offset_s),
+    }
+    return [makers[name](path) for name, path in paths.items()]
