@@ -20,10 +20,11 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,7 +37,9 @@ from rtdiar.signals import stop_on_signals
 
 VIDEO_SUFFIXES = (".mp4", ".mpg", ".mpeg", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 OUTCOME = "outcome.json"
-OUTPUTS = ("annotated", "plot", "faces")  # asked for by flag; JSON lines and RTTM are always written
+OUTPUTS = ("annotated", "plot", "faces")
+LOCAL_RAY = "local"  # `--ray` without an address: a Ray instance on this machine
+RAY_RETRIES = 2  # asked for by flag; JSON lines and RTTM are always written
 
 
 @dataclass(frozen=True)
@@ -158,32 +161,100 @@ def write_summary(out_dir: Path, recordings: Sequence[Recording]) -> list[Outcom
 
 
 def run_batch(inputs: Sequence[Path], out_dir: Path, config: Config, workers: int | None = None,
-              outputs: tuple[str, ...] = (), retry_failed: bool = False) -> list[Outcome]:
+              outputs: tuple[str, ...] = (), retry_failed: bool = False, ray_address: str | None = None) -> list[Outcome]:
     """Every recording not finished yet (and the failed ones when `retry_failed`), `workers` at a
-    time; a stop signal lets the running ones finish and starts no more."""
+    time in local processes, or as Ray tasks (`ray_address`: a cluster's, or "local"); a stop signal
+    lets the running ones finish and starts no more."""
     recordings = find_recordings(inputs)
     if not recordings:
         raise RtdiarError("no recordings found in the inputs")
     print(judgement_line(config.model.weights), file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [r for r in recordings if _needs_run(read_outcome(out_dir / r.name), retry_failed)]
-    stop, workers = threading.Event(), workers or default_workers(config)
-    with stop_on_signals(stop.set), tqdm(total=len(todo), desc="recordings", unit="rec") as bar, \
-            ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                initializer=_ignore_terminal_signals) as pool:
-        pending = list(todo)
-        running: set[Future] = set()
+    stop = threading.Event()
+
+    def finished(recording: Recording) -> None:
+        bar.update()
+        write_summary(out_dir, recordings)
+
+    with stop_on_signals(stop.set), tqdm(total=len(todo), desc="recordings", unit="rec") as bar:
+        if ray_address is None:
+            _run_local(todo, out_dir, outputs, config, workers or default_workers(config), stop, finished)
+        else:
+            _run_on_ray(todo, out_dir, outputs, config, ray_address, workers, stop, finished)
+    return write_summary(out_dir, recordings)
+
+
+def _run_local(todo: list[Recording], out_dir: Path, outputs: tuple[str, ...], config: Config, workers: int,
+               stop: threading.Event, finished: Callable[[Recording], None]) -> None:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_ignore_terminal_signals) as pool:
+        pending, running = list(todo), {}
         while pending or running:
             while pending and not stop.is_set() and len(running) < workers:
-                running.add(pool.submit(process_recording, pending.pop(0), out_dir, outputs, config))
+                recording = pending.pop(0)
+                running[pool.submit(process_recording, recording, out_dir, outputs, config)] = recording
             if not running:
-                break
-            finished, running = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
-            for future in finished:
+                return
+            done, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+            for future in done:
                 future.result()
-                bar.update()
-                write_summary(out_dir, recordings)
-    return write_summary(out_dir, recordings)
+                finished(running.pop(future))
+
+
+def ray_task(recording: Recording, outputs: tuple[str, ...], config: Config) -> tuple[Outcome, dict[str, bytes]]:
+    """One recording on whichever Ray node runs it, in a scratch folder; its files come back by value,
+    so a cluster needs no shared output folder (only the recordings must be readable there)."""
+    with tempfile.TemporaryDirectory(prefix="rtdiar-batch-") as scratch:
+        outcome = process_recording(recording, Path(scratch), outputs, config)
+        folder = Path(scratch) / recording.name
+        return outcome, {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _store(out_dir: Path, name: str, files: dict[str, bytes]) -> None:
+    """A Ray task's files into `out_dir/<name>/`, written aside and renamed into place."""
+    partial, final = out_dir / f".{name}.partial", out_dir / name
+    shutil.rmtree(partial, ignore_errors=True)
+    for relative, data in files.items():
+        (partial / relative).parent.mkdir(parents=True, exist_ok=True)
+        (partial / relative).write_bytes(data)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(partial, final)
+
+
+def _run_on_ray(todo: list[Recording], out_dir: Path, outputs: tuple[str, ...], config: Config, address: str,
+                workers: int | None, stop: threading.Event, finished: Callable[[Recording], None]) -> None:
+    """One Ray task per recording, declaring the CPUs a run keeps busy and a GPU when the model runs
+    on CUDA; a task whose worker dies is run again (`RAY_RETRIES`)."""
+    try:
+        import ray
+    except ModuleNotFoundError:
+        raise RtdiarError("--ray needs Ray: pip install 'ray>=2.9' (or the project's [ray] extra)") from None
+    local = address == LOCAL_RAY
+    ray.init(address=None if local else address, num_cpus=(workers or os.cpu_count()) if local else None,
+             include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        task = ray.remote(num_cpus=1, num_gpus=1 if config.model.device == "cuda" else 0,
+                          max_retries=RAY_RETRIES)(ray_task)
+        running = {task.remote(recording, outputs, config): recording for recording in todo}
+        while running:
+            if stop.is_set():
+                for ref in running:
+                    ray.cancel(ref)  # only those not started yet: a running recording finishes
+            done, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+            for ref in done:
+                recording = running.pop(ref)
+                try:
+                    outcome, files = ray.get(ref)
+                except ray.exceptions.TaskCancelledError:
+                    continue
+                except ray.exceptions.RayError as exc:  # its worker died on every try
+                    outcome = Outcome(str(recording.path), None, None, None, None, 0.0, f"failed: {_one_line(exc)}")
+                    files = {OUTCOME: json.dumps(asdict(outcome)).encode()}
+                _store(out_dir, recording.name, files)
+                finished(recording)
+    finally:
+        ray.shutdown()
 
 
 def _one_line(exc: BaseException) -> str:

@@ -452,6 +452,9 @@ def build_batch_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="DIR", type=Path, required=True, help="where the results go")
     parser.add_argument("--workers", metavar="N", type=int, help="recordings at a time (default: one per two cores)")
     parser.add_argument("--retry-failed", action="store_true", help="run the recordings that failed before again")
+    parser.add_argument("--ray", metavar="ADDRESS", nargs="?", const="local",
+                        help="run each recording as a task on a Ray cluster (its address, e.g. ray://head:10001), or "
+                             "without an address on a local Ray (with --workers CPUs); needs pip install 'ray>=2.9'")
     for name, what in (("annotated", "the annotated video"), ("plot", "the score plot"), ("faces", "one video per face")):
         parser.add_argument(f"--{name}", action="store_true", help=f"also write {what} of each recording")
     add_model_arguments(parser)
@@ -465,7 +468,8 @@ def batch(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise RtdiarError("--workers must be at least 1")
     outputs = tuple(name for name in OUTPUTS if getattr(args, name))
-    outcomes = run_batch(args.inputs, args.out, config_from_args(args), args.workers, outputs, args.retry_failed)
+    outcomes = run_batch(args.inputs, args.out, config_from_args(args), args.workers, outputs, args.retry_failed,
+                         args.ray)
     failed = sum(outcome.status != "ok" for outcome in outcomes)
     if failed:
         print(f"rtdiar batch: {failed} of {len(outcomes)} recordings failed: see {args.out / 'summary.csv'}", file=sys.stderr)

@@ -6,6 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import threading
+import time
+
+import pytest
 
 from conftest import DEV_WILD
 from rtdiar.cli import main
@@ -58,3 +62,35 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     assert err == f"rtdiar: error: no such file or folder: {tmp_path / 'missing.mp4'}"
     assert main(["batch", str(tmp_path), "--out", str(tmp_path / "out"), "--workers", "0"]) == 2
     assert "--workers" in capsys.readouterr().err
+
+
+def test_on_ray_each_recording_is_a_task_and_a_dead_worker_is_retried(tmp_path):
+    """A local Ray with 2 CPUs; one worker is killed while it runs a recording: the task runs again
+    and every recording ends in the same folder layout."""
+    pytest.importorskip("ray")
+    import psutil
+
+    clips = [DEV_WILD / "pcavs_00067.mp4", DEV_WILD / "lrw_sample1.mp4"]
+    killed: list[int] = []
+
+    def kill_a_running_task() -> None:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not killed:
+            for proc in psutil.process_iter(["cmdline"]):
+                if any("ray::ray_task" in part for part in proc.info["cmdline"] or []):
+                    time.sleep(1.0)  # well into the recording
+                    proc.kill()
+                    killed.append(proc.pid)
+                    return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_a_running_task)
+    killer.start()
+    out = tmp_path / "out"
+    assert main(["batch", *map(str, clips), "--out", str(out), "--ray", "--workers", "2"]) == 0
+    killer.join()
+    assert killed
+    rows = _summary(out)
+    assert sorted(rows) == sorted(map(str, clips)) and all(row["status"] == "ok" for row in rows.values())
+    for clip in clips:
+        assert (out / clip.stem / f"{clip.stem}.jsonl").read_text().count("\n") > 20
