@@ -19,8 +19,8 @@ from rtdiar.signals import stop_on_signals
 
 DESCRIPTION = """\
 Real-time audio-visual speaker diarization: shows who is speaking by checking whose lips move in
-sync with the voice (a SyncNet lip-sync expert on every tracked face), or, with --weights lrasd-ava,
-which face a published active-speaker model takes as talking.
+sync with the voice. By default: rtdiar's sync head on LR-ASD's front ends, fused with LR-ASD's
+speaking score, once `rtdiar weights download lrasd-ava` is done; else rtdiar's own lip-sync experts.
 
   rtdiar --camera 0                                  live window: webcam + default microphone
   rtdiar --video talk.mp4                            replay a file in real time in the window

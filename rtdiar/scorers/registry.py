@@ -46,11 +46,11 @@ _TALKSET = "AVA + TalkSet (VoxCeleb2, LRS3: research-only)"
 
 MODELS: dict[str, KnownModel] = {m.name: m for m in (
     KnownModel("rtdiar-pair", "rtdiar_syncnet.safetensors", "compact_pair", 16_375_384, "MIT", _OWN_DATA,
-               "rtdiar (the default)"),
+               "rtdiar (default without lrasd-ava)"),
     KnownModel("rtdiar-lips", "rtdiar_syncnet_lips.safetensors", "compact_lips", 14_917_232, "MIT", _OWN_DATA,
                "rtdiar"),
     KnownModel("rtdiar-lrasd", "rtdiar_sync_lrasd.safetensors", "sync_head", 5_269_856, "MIT",
-               "its head: train/ (~110 people); reads lrasd-ava's front ends", "rtdiar (sync head + LR-ASD)"),
+               "its head: train/ (~110 people); reads lrasd-ava's front ends", "rtdiar (default with lrasd-ava)"),
     KnownModel("lrasd-ava", "lrasd_pretrain_AVA.model", "lrasd", 3_426_337, "MIT", "AVA-ActiveSpeaker",
                "LR-ASD, IJCV 2025", _LRASD + "pretrain_AVA.model",
                "85e6c77fc981595234790d1e128ebb60352d37726b2445e0ef8891e2512fe9e3"),
