@@ -27,6 +27,7 @@ from rtdiar.config import PROJECT_ROOT, build_section, load_config
 from rtdiar.errors import RtdiarError
 from rtdiar.lab.dataset import DEFAULT_CACHE, find_clips
 from rtdiar.lab.frontends import FrontendClip, prepare_features
+from rtdiar.scorers.asd import EMBED_DIM
 from rtdiar.scorers.registry import MODELS, local_path
 from rtdiar.scorers.sync_head import SyncHead
 from rtdiar.scorers.syncnet import build_model, load_weights, save_weights
@@ -108,7 +109,7 @@ def on_sound_rows(clip: FrontendClip, frames: int) -> tuple[np.ndarray, np.ndarr
 def batch_loss(head: SyncHead, group: list[tuple[np.ndarray, np.ndarray, np.ndarray]], min_shift: int) -> torch.Tensor:
     """InfoNCE both ways over every whole window of the batch's clips (see the module's docstring)."""
     frames, length = head.frames, max(len(sound) for _, _, sound in group)
-    faces, sounds = np.zeros((2, len(group), length, sound_dim(group)), np.float32)
+    faces, sounds = np.zeros((2, len(group), length, EMBED_DIM), np.float32)
     face_ok, sound_ok = np.zeros((2, len(group), length - frames + 1), bool)
     for i, (face, whole, sound) in enumerate(group):
         faces[i, :len(face)], sounds[i, :len(sound)] = face, sound
@@ -127,11 +128,8 @@ def batch_loss(head: SyncHead, group: list[tuple[np.ndarray, np.ndarray, np.ndar
             + F.cross_entropy(logits[:, torch.from_numpy(heard)].T, torch.from_numpy(target[:, heard].argmax(axis=0))))
 
 
-def sound_dim(group: list) -> int:
-    return group[0][2].shape[1]
-
-
 def train_head(recipe: HeadRecipe, clips: list[FrontendClip]) -> SyncHead:
+    """The head from scratch on the clips' front-end embeddings, whole clips a batch, one-cycle schedule."""
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
     data = [(*laid, clip.sound) for clip in clips if (laid := on_sound_rows(clip, recipe.frames))]
