@@ -32,14 +32,14 @@ from tqdm import tqdm
 
 from rtdiar.config import Config
 from rtdiar.errors import RtdiarError
+from rtdiar.media import VIDEO_SUFFIXES
 from rtdiar.scorers.registry import judgement_line
 from rtdiar.signals import stop_on_signals
 
-VIDEO_SUFFIXES = (".mp4", ".mpg", ".mpeg", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 OUTCOME = "outcome.json"
-OUTPUTS = ("annotated", "plot", "faces")
+OUTPUTS = ("annotated", "plot", "faces")  # asked for by flag; JSON lines and RTTM are always written
 LOCAL_RAY = "local"  # `--ray` without an address: a Ray instance on this machine
-RAY_RETRIES = 2  # asked for by flag; JSON lines and RTTM are always written
+RAY_RETRIES = 2
 
 
 @dataclass(frozen=True)
@@ -108,9 +108,14 @@ def process_recording(recording: Recording, out_dir: Path, outputs: tuple[str, .
         outcome = Outcome(str(recording.path), None, None, None, None, round(time.monotonic() - started, 3),
                           f"failed: {_one_line(exc)}")
     (partial / OUTCOME).write_text(json.dumps(asdict(outcome)), encoding="utf-8")
-    shutil.rmtree(final, ignore_errors=True)  # a failed earlier try being retried
-    os.replace(partial, final)
+    _into_place(partial, final)
     return outcome
+
+
+def _into_place(partial: Path, final: Path) -> None:
+    """A recording's complete folder under its final name (replacing a failed earlier try's)."""
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(partial, final)
 
 
 def _diarize(recording: Recording, folder: Path, outputs: tuple[str, ...], config: Config, started: float) -> Outcome:
@@ -163,8 +168,8 @@ def write_summary(out_dir: Path, recordings: Sequence[Recording]) -> list[Outcom
 def run_batch(inputs: Sequence[Path], out_dir: Path, config: Config, workers: int | None = None,
               outputs: tuple[str, ...] = (), retry_failed: bool = False, ray_address: str | None = None) -> list[Outcome]:
     """Every recording not finished yet (and the failed ones when `retry_failed`), `workers` at a
-    time in local processes, or as Ray tasks (`ray_address`: a cluster's, or "local"); a stop signal
-    lets the running ones finish and starts no more."""
+    time in local processes, or as Ray tasks (`ray_address`: a cluster's, or "local"). A stop signal
+    starts no more: local processes finish the recordings they hold, Ray tasks are cancelled."""
     recordings = find_recordings(inputs)
     if not recordings:
         raise RtdiarError("no recordings found in the inputs")
@@ -213,13 +218,12 @@ def ray_task(recording: Recording, outputs: tuple[str, ...], config: Config) -> 
 
 def _store(out_dir: Path, name: str, files: dict[str, bytes]) -> None:
     """A Ray task's files into `out_dir/<name>/`, written aside and renamed into place."""
-    partial, final = out_dir / f".{name}.partial", out_dir / name
+    partial = out_dir / f".{name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     for relative, data in files.items():
         (partial / relative).parent.mkdir(parents=True, exist_ok=True)
         (partial / relative).write_bytes(data)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(partial, final)
+    _into_place(partial, out_dir / name)
 
 
 def _run_on_ray(todo: list[Recording], out_dir: Path, outputs: tuple[str, ...], config: Config, address: str,
@@ -237,10 +241,12 @@ def _run_on_ray(todo: list[Recording], out_dir: Path, outputs: tuple[str, ...], 
         task = ray.remote(num_cpus=1, num_gpus=1 if config.model.device == "cuda" else 0,
                           max_retries=RAY_RETRIES)(ray_task)
         running = {task.remote(recording, outputs, config): recording for recording in todo}
+        cancelled = False
         while running:
-            if stop.is_set():
+            if stop.is_set() and not cancelled:
                 for ref in running:
-                    ray.cancel(ref)  # only those not started yet: a running recording finishes
+                    ray.cancel(ref)  # a running one is interrupted: it wrote nothing, so the next run does it
+                cancelled = True
             done, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
             for ref in done:
                 recording = running.pop(ref)

@@ -13,6 +13,8 @@ from scipy.signal import correlate
 
 from rtdiar.errors import RtdiarError
 
+VIDEO_SUFFIXES = (".mp4", ".mpg", ".mpeg", ".avi", ".mov", ".mkv", ".webm", ".m4v")  # what a folder of recordings holds
+
 
 @dataclass(frozen=True)
 class MediaInfo:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from rtdiar.audio import MEL_SILENCE, wav2lip_melspectrogram
 from rtdiar.config import Config
 from rtdiar.lips import LIPS_SHAPE, LIPS_VERSION, LipLandmarker, fill_gaps
-from rtdiar.media import lossy_round_trip
+from rtdiar.media import VIDEO_SUFFIXES, lossy_round_trip
 from rtdiar.sources import FileSource
 from rtdiar.tracking import FaceDetector, IoUTracker, ShotCuts, crop_asd_face, crop_mouth_region
 from rtdiar.windows import MEL_FPS, mel_start_index, nearest_frames
@@ -39,7 +39,6 @@ DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
 PREP_VERSION = 2  # bump when the preprocessing code changes what it writes (2: face_px)
 CODED_BATCH = 40  # clips whose sound goes through a codec in one ffmpeg round trip
 CODED_GAP_S = 0.5  # silence between them, so a codec's frames never straddle two clips
-VIDEO_SUFFIXES = (".mp4", ".mpg", ".avi", ".mov", ".mkv", ".webm")
 
 
 @dataclass

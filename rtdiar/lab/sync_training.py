@@ -28,7 +28,7 @@ from rtdiar.errors import RtdiarError
 from rtdiar.lab.dataset import DEFAULT_CACHE, find_clips
 from rtdiar.lab.frontends import FrontendClip, prepare_features
 from rtdiar.scorers.asd import EMBED_DIM
-from rtdiar.scorers.registry import MODELS, local_path
+from rtdiar.scorers.registry import MODELS, resolve
 from rtdiar.scorers.sync_head import SyncHead
 from rtdiar.scorers.syncnet import build_model, load_weights, save_weights
 
@@ -80,12 +80,8 @@ def load_recipe(path: Path | None) -> HeadRecipe:
 
 
 def frontend_net(name: str) -> torch.nn.Module:
-    known = MODELS[name]
-    path = local_path(known)
-    if not path.exists():
-        raise RtdiarError(f"the sync head learns on {name}'s front ends: rtdiar weights download {name}")
-    net = build_model(known.arch)
-    load_weights(net, path)
+    net = build_model(MODELS[name].arch)
+    load_weights(net, resolve(name))  # one line naming the download when it is not here
     return net.eval()
 
 

@@ -47,16 +47,16 @@ class FusedScorer(ActiveSpeakerScorer):
         if len(sound) < self.head.frames:
             return FrameScores({})
         logits = self._speaking_logits(tracks, sound)
-        sync = self._sync_scores(step, sound)
+        sync = self._sync_scores(step, sound, list(logits))
         fused = self.head.fused_logit(torch.tensor(list(logits.values())),
                                       torch.tensor([sync.get(tid, 0.0) for tid in logits]))
         return FrameScores(dict(zip(logits, fused.tolist())))
 
-    def _sync_scores(self, step: int, sound: torch.Tensor) -> dict[int, float]:
-        """Each track with `head.frames` face embeddings: its sync with the sound, relative to the
-        off-sync cohort (no score until the cohort has past sound)."""
-        ids = [tid for tid, faces in self._faces.items() if len(faces) >= self.head.frames]
+    def _sync_scores(self, step: int, sound: torch.Tensor, scored: list[int]) -> dict[int, float]:
+        """Each of the `scored` tracks with `head.frames` face embeddings: its sync with the sound,
+        relative to the off-sync cohort (no score until the cohort has past sound)."""
         frames = self.head.frames
+        ids = [tid for tid in scored if len(self._faces[tid]) >= frames]
         with torch.inference_mode():
             heard = self.head.sound(sound[None, -frames:])[0].float().cpu().numpy()
             faces = {}

@@ -238,17 +238,13 @@ def _batched(embed: Callable[..., np.ndarray], batch: int, *items: np.ndarray | 
 def _fused_scorer(head: nn.Module, metadata: dict[str, str], device: torch.device, config: Config) -> Scorer:
     """rtdiar's sync head on the front ends of the downloaded model its file names, fused with that model."""
     from rtdiar.scorers.fused import FusedScorer
-    from rtdiar.scorers.registry import MODELS, local_path
+    from rtdiar.scorers.registry import MODELS, resolve
 
     if config.model.runtime == "onnx":
         raise RtdiarError("the sync head streams its frames in torch: use --runtime torch (or auto)")
     frontends = MODELS[metadata["frontends"]]
-    path = local_path(frontends)
-    if not path.exists():
-        raise RtdiarError(f"'{config.model.weights}' reads the front ends of {frontends.name}, not downloaded: "
-                          f"rtdiar weights download {frontends.name}")
     net = build_model(frontends.arch)
-    load_weights(net, path)
+    load_weights(net, resolve(frontends.name))  # one line naming the download when it is not here
     low, high = (int(v) for v in metadata["cohort_shifts"].split(","))
     return FusedScorer(net, head, device, config, range(low, high + 1))
 
