@@ -308,15 +308,19 @@ def build_train_parser() -> argparse.ArgumentParser:
 
 def train(args: argparse.Namespace) -> int:
     """`rtdiar train`: prepare the clips (cached), then train with validation on unseen people; a
-    recipe with `arch: sync_head` trains the sync head on LR-ASD's front ends instead."""
-    from rtdiar.lab import sync_training
+    recipe with `arch: sync_head` trains the sync head on LR-ASD's front ends instead, and one with
+    `arch: distilled` the compact judgement LR-ASD teaches."""
+    from rtdiar.lab import distillation, sync_training
     from rtdiar.lab.training import load_train_config, train_model
 
-    if args.train_config and sync_training.is_head_recipe(args.train_config):
+    arch = sync_training.read_recipe(args.train_config).get("arch") if args.train_config else None
+    if arch == "sync_head":
         sync_training.train_sync_head(sync_training.load_recipe(args.train_config), args.out, args.overwrite)
-        return 0
-    recipe = load_train_config(args.train_config)
-    train_model(recipe, load_config(args.config), out=args.out, resume=args.resume, overwrite=args.overwrite)
+    elif arch == "distilled":
+        distillation.train_distilled(distillation.load_recipe(args.train_config), args.out, args.overwrite)
+    else:
+        train_model(load_train_config(args.train_config), load_config(args.config), out=args.out, resume=args.resume,
+                    overwrite=args.overwrite)
     return 0
 
 

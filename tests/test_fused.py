@@ -14,6 +14,7 @@ from rtdiar.lab import sync_training
 from rtdiar.lab.evaluate import roc_auc
 from rtdiar.lab.frontends import FrontendClip
 from rtdiar.scorers.base import TrackWindow
+from rtdiar.scorers.distilled import DistilledASD
 from rtdiar.scorers.fused import FusedScorer, face_embeddings, sound_embeddings
 from rtdiar.scorers.inference import load_scorer
 from rtdiar.scorers.registry import judgement_line, resolve
@@ -38,15 +39,25 @@ def test_auto_takes_the_fused_judgement_once_lrasd_is_downloaded(asd_weights_dir
     assert "\n" not in str(error.value)
 
 
-def test_each_live_score_is_what_the_fusion_was_fitted_on(asd_weights_dir, one_thread):
-    """Streamed frame by frame, the fused score of a face is the fusion of the LR-ASD logit and the
-    cohort-relative sync score that `sync_training.pairing_features` computes offline on the same
-    face and sound: the fit and the live judgement read the same numbers."""
-    scorer = load_scorer(fused_config())
+def _network_and_head(name: str, request) -> tuple[torch.nn.Module, SyncHead]:
+    """LR-ASD (downloaded) with a fresh head, or a fresh distilled network with its own head."""
     torch.manual_seed(0)
-    head = SyncHead()
+    if name == "distilled":
+        net = DistilledASD().eval()
+        return net, net.head
+    request.getfixturevalue("asd_weights_dir")
+    return load_scorer(fused_config()).model, SyncHead()
+
+
+@pytest.mark.parametrize("name", ["lrasd", "distilled"])
+def test_each_live_score_is_what_the_fusion_was_fitted_on(one_thread, request, name):
+    """Streamed frame by frame, the fused score of a face is the fusion of the speaking logit and the
+    cohort-relative sync score that `sync_training.pairing_features` computes offline on the same
+    face and sound: the fit and the live judgement read the same numbers. The distilled network is
+    causal: no delay, and the offline pass over the whole clip gives the same."""
+    net, head = _network_and_head(name, request)
     head.fusion.copy_(torch.tensor([0.5, 2.0, -0.1]))
-    scorer = FusedScorer(scorer.model, head.eval(), torch.device("cpu"), fused_config(), range(5, 26))
+    scorer = FusedScorer(net, head.eval(), torch.device("cpu"), fused_config(), range(5, 26))
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (72, 112, 112), dtype=np.uint8)
     mfcc = rng.normal(0.0, 5.0, (4 * len(frames), 13)).astype(np.float32)
@@ -63,7 +74,8 @@ def test_each_live_score_is_what_the_fusion_was_fitted_on(asd_weights_dir, one_t
     offline = features @ head.fusion[:2].numpy() + head.fusion[2].item()
     first = sync_training.first_scored(head, range(5, 26), scorer.window_frames)
     scored = [live[first + i + scorer.delay] for i in range(len(offline))]
-    assert first == 39 and len(offline) == 24
+    assert first == 39 and len(offline) == len(frames) - first - scorer.delay
+    assert scorer.delay == (0 if name == "distilled" else 9)
     np.testing.assert_allclose(scored, offline, atol=2e-3)
 
 

@@ -87,3 +87,13 @@ def test_mfcc_buffer_ring_keeps_the_newest_rows(speech: np.ndarray) -> None:
 def test_mfcc_buffer_rejects_other_sample_rates() -> None:
     with pytest.raises(RtdiarError, match="16000"):
         MfccBuffer(capacity_frames=10, sample_rate=44100)
+
+
+def test_a_whole_clip_gets_the_rows_the_live_stream_gets(speech: np.ndarray) -> None:
+    """What training, evaluation and the offset search compute over a whole clip is what the models
+    read live: the int16-scaled MFCCs, whole 25 fps frames of them."""
+    from rtdiar.scorers.fused import clip_mfcc
+
+    rows = clip_mfcc(speech, SR)
+    assert len(rows) % 4 == 0 and len(rows) >= len(_reference(speech)) - 4
+    np.testing.assert_allclose(rows, _reference(speech)[:len(rows)], rtol=1e-4, atol=1e-3)

@@ -24,6 +24,7 @@ from rtdiar.lab.dataset import PreparedClip, cache_path, prepare_clips
 from rtdiar.scorers.fused import clip_mfcc, face_embeddings, sound_embeddings
 from rtdiar.sources import FileSource
 
+FEATURES_VERSION = 2  # bump when what is cached changes (2: the sound's MFCCs int16-scaled, as live)
 MAX_CLIP_S = 600.0  # the speech probabilities of a longer clip start late (the VAD's history)
 
 
@@ -70,9 +71,10 @@ def embed_prepared(clip: PreparedClip, wave: np.ndarray, net: nn.Module, vad: Vo
                         frame_speech(vad, wave, len(sound)))
 
 
-def features_path(clip: Path, cache_dir: Path, config: Config, weights_name: str) -> Path:
+def features_path(clip: Path, cache_dir: Path, config: Config, weights_name: str, kind: str = "frontends") -> Path:
+    """Where a clip's `kind` of cached arrays for the named model lives, beside its prepared clip."""
     prepared = cache_path(clip, cache_dir, config, asd=True)
-    return prepared.parent.parent / f"frontends-{weights_name}" / clip.parent.name / f"{clip.stem}.npz"
+    return prepared.parent.parent / f"{kind}-v{FEATURES_VERSION}-{weights_name}" / clip.parent.name / f"{clip.stem}.npz"
 
 
 def prepare_features(clips: Sequence[Path], cache_dir: Path, config: Config, net: nn.Module, weights_name: str,
@@ -84,10 +86,21 @@ def prepare_features(clips: Sequence[Path], cache_dir: Path, config: Config, net
     done = []
     for clip in tqdm(clips, desc="front ends", unit="clip"):
         out = features_path(clip, cache_dir, config, weights_name)
-        prepared = cache_path(clip, cache_dir, config, asd=True)
-        if not out.exists() and prepared.exists():
-            wave = FileSource(clip, None, "fast", config.video, config.audio).aligned_audio()
-            embed_prepared(PreparedClip.load(prepared), wave, net, vad).save(out)
+        if not out.exists() and (embedded := embed_clip(clip, cache_dir, config, net, vad)) is not None:
+            embedded.save(out)
         if out.exists():
             done.append(out)
     return done
+
+
+def embed_clip(clip: Path, cache_dir: Path, config: Config, net: nn.Module, vad: VoiceActivity) -> FrontendClip | None:
+    """A prepared clip's front-end embeddings, not cached (None when it has no face track)."""
+    prepared = cache_path(clip, cache_dir, config, asd=True)
+    if not prepared.exists():
+        return None
+    return embed_prepared(PreparedClip.load(prepared), clip_wave(clip, config), net, vad)
+
+
+def clip_wave(clip: Path, config: Config) -> np.ndarray:
+    """The clip's sound, sample 0 at its first video frame, as the engine reads it."""
+    return FileSource(clip, None, "fast", config.video, config.audio).aligned_audio()

@@ -56,7 +56,8 @@ class HeadRecipe:
     seed: int
 
 
-def _read(path: Path) -> dict:
+def read_recipe(path: Path) -> dict:
+    """A `rtdiar train` recipe's settings (one line when it cannot be read)."""
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
@@ -66,15 +67,10 @@ def _read(path: Path) -> dict:
     return data
 
 
-def is_head_recipe(path: Path) -> bool:
-    """Whether a `rtdiar train` recipe is this one (`arch: sync_head`)."""
-    return _read(path).get("arch") == "sync_head"
-
-
 def load_recipe(path: Path | None) -> HeadRecipe:
     path = Path(path or DEFAULT_RECIPE)
     try:
-        return build_section(HeadRecipe, _read(path), "")
+        return build_section(HeadRecipe, read_recipe(path), "")
     except KeyError as exc:
         raise RtdiarError(f"the recipe {path} lacks '{exc.args[0]}'") from None
 
@@ -110,8 +106,16 @@ def batch_loss(head: SyncHead, group: list[tuple[np.ndarray, np.ndarray, np.ndar
     for i, (face, whole, sound) in enumerate(group):
         faces[i, :len(face)], sounds[i, :len(sound)] = face, sound
         face_ok[i, :len(whole)], sound_ok[i, :len(sound) - frames + 1] = whole, True
-    face_emb = head.face.sequence(torch.from_numpy(faces))[torch.from_numpy(face_ok)]
-    sound_emb = head.sound.sequence(torch.from_numpy(sounds))[torch.from_numpy(sound_ok)]
+    return window_loss(head, torch.from_numpy(faces), torch.from_numpy(sounds), face_ok, sound_ok, min_shift)
+
+
+def window_loss(head: SyncHead, faces: torch.Tensor, sounds: torch.Tensor, face_ok: np.ndarray, sound_ok: np.ndarray,
+                min_shift: int) -> torch.Tensor:
+    """InfoNCE both ways between the towers' windows of (B, L, 128) face and sound embeddings, level
+    in time: each face window's own sound window against its clip's other shifts (>= `min_shift`
+    frames) and the other clips' windows; `face_ok`, `sound_ok` (B, L - frames + 1) the windows that count."""
+    face_emb = head.face.sequence(faces)[torch.from_numpy(face_ok)]
+    sound_emb = head.sound.sequence(sounds)[torch.from_numpy(sound_ok)]
     face_clip, face_pos = np.nonzero(face_ok)
     sound_clip, sound_pos = np.nonzero(sound_ok)
     same = face_clip[:, None] == sound_clip[None, :]
@@ -269,24 +273,33 @@ def cross_validated(pairings: list[Pairing], folds: int = 5) -> dict[str, float]
 def train_sync_head(recipe: HeadRecipe, out: Path | None = None, overwrite: bool = False) -> dict:
     """The whole recipe: front ends of the train and dev clips (cached), the head, the fusion fitted
     on dev people, the file (atomic; an existing one only with `overwrite`). Returns the figures."""
-    out = Path(out or PROJECT_ROOT / recipe.out)
-    if out.exists() and not overwrite:
-        raise RtdiarError(f"{out} exists: pass --overwrite to replace it")
+    out = writable(out or PROJECT_ROOT / recipe.out, overwrite)
     net = frontend_net(recipe.frontends)
     head = train_head(recipe, clip_features(recipe.train, recipe, net))
-    return fit_and_save(recipe, head, net, out)
-
-
-def fit_and_save(recipe: HeadRecipe, head: SyncHead, net: torch.nn.Module, out: Path) -> dict:
-    """Fit the head's fusion on the dev people, report it cross-validated, write the file."""
-    window = load_config().asd.window_frames
-    pairings = dev_pairings(net, head, clip_features([recipe.dev], recipe, net), recipe, window)
-    figures = cross_validated(pairings)
-    head.fusion.copy_(torch.from_numpy(fit_fusion(pairings)))
+    figures = fit_on_dev(recipe, head, net, clip_features([recipe.dev], recipe, net))
     low, high = recipe.cohort_shifts
     save_weights(head, out, "sync_head", {"frontends": recipe.frontends, "cohort_shifts": f"{low},{high}",
                                           "frames": str(recipe.frames), "right_person_cv": f"{figures['fused']:.4f}"})
+    print(f"wrote {out}")
+    return figures
+
+
+def writable(out: Path, overwrite: bool) -> Path:
+    """The recipe's output file, refused up front when it exists and `overwrite` was not asked."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise RtdiarError(f"{out} exists: pass --overwrite to replace it")
+    return out
+
+
+def fit_on_dev(recipe: HeadRecipe, head: SyncHead, net: torch.nn.Module, dev: list[FrontendClip]) -> dict:
+    """Fit the head's fusion with `net`'s speaking logit on the dev people's front ends, and report
+    it cross-validated by person."""
+    window = load_config().asd.window_frames
+    pairings = dev_pairings(net, head, dev, recipe, window)
+    figures = cross_validated(pairings)
+    head.fusion.copy_(torch.from_numpy(fit_fusion(pairings)))
     print(f"right person on dev voiced frames, one speaker against {recipe.faces_per_sound} faces talking on mute "
-          f"(5 folds by person): fused {figures['fused']:.1%}, LR-ASD alone {figures['asd_only']:.1%}, "
-          f"sync alone {figures['sync_only']:.1%}; fusion {head.fusion.tolist()}; wrote {out}")
+          f"(5 folds by person): fused {figures['fused']:.1%}, speaking logit alone {figures['asd_only']:.1%}, "
+          f"sync alone {figures['sync_only']:.1%}; fusion {head.fusion.tolist()}")
     return figures

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from python_speech_features import mfcc as speech_mfcc
 from torch import nn
 
+from rtdiar.audio import MFCC_HOP_SAMPLES, MFCC_N_CEPSTRA, MfccBuffer
 from rtdiar.cohort import OffSyncCohort
 from rtdiar.config import Config
 from rtdiar.scorers.active_speaker import ActiveSpeakerScorer
@@ -68,9 +68,13 @@ class FusedScorer(ActiveSpeakerScorer):
 
 
 def clip_mfcc(wave: np.ndarray, sample_rate: int) -> np.ndarray:
-    """(4N, 13) MFCCs of a whole clip as the models were trained on them, cut to whole frames."""
-    rows = speech_mfcc(wave, sample_rate, numcep=13, winlen=0.025, winstep=0.010).astype(np.float32)
-    return rows[:len(rows) // MFCC_PER_FRAME * MFCC_PER_FRAME]
+    """(4N, 13) MFCCs of a whole clip, computed as the live stream computes them (`MfccBuffer`: the
+    int16-scaled sound the active-speaker models were trained on), cut to whole frames."""
+    features = MfccBuffer(len(wave) // MFCC_HOP_SAMPLES + 2, sample_rate)
+    features.push(np.asarray(wave, np.float32))
+    features.finish()
+    rows = features.frames_ready // MFCC_PER_FRAME * MFCC_PER_FRAME
+    return features.window(0, rows) if rows else np.zeros((0, MFCC_N_CEPSTRA), np.float32)
 
 
 def face_embeddings(net: nn.Module, crops: np.ndarray) -> np.ndarray:

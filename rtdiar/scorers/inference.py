@@ -22,6 +22,7 @@ WINDOW_SHAPE = (5, 48, 96, 3)  # frames, height, width, BGR
 LIPS_WINDOW_SHAPE = (5, *LIPS_SHAPE)  # frames, lip points, x y
 MEL_SHAPE = (80, 16)  # mel bands, 80 Hz frames (0.2 s)
 RUNTIMES = ("auto", "torch", "onnx")
+FUSED_ARCHS = ("sync_head", "distilled")  # a speaking logit fused with rtdiar's sync head (`scorers/fused.py`)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -235,16 +236,19 @@ def _batched(embed: Callable[..., np.ndarray], batch: int, *items: np.ndarray | 
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
-def _fused_scorer(head: nn.Module, metadata: dict[str, str], device: torch.device, config: Config) -> Scorer:
-    """rtdiar's sync head on the front ends of the downloaded model its file names, fused with that model."""
+def _fused_scorer(model: nn.Module, metadata: dict[str, str], device: torch.device, config: Config) -> Scorer:
+    """rtdiar's sync head fused with a speaking logit: the distilled network with its own head
+    (rtdiar-distilled), or the head on the front ends of the downloaded model its file names (rtdiar-lrasd)."""
     from rtdiar.scorers.fused import FusedScorer
     from rtdiar.scorers.registry import MODELS, resolve
 
     if config.model.runtime == "onnx":
         raise RtdiarError("the sync head streams its frames in torch: use --runtime torch (or auto)")
-    frontends = MODELS[metadata["frontends"]]
-    net = build_model(frontends.arch)
-    load_weights(net, resolve(frontends.name))  # one line naming the download when it is not here
+    net, head = model, model.head if model.arch == "distilled" else model
+    if model.arch == "sync_head":
+        frontends = MODELS[metadata["frontends"]]
+        net = build_model(frontends.arch)
+        load_weights(net, resolve(frontends.name))  # one line naming the download when it is not here
     low, high = (int(v) for v in metadata["cohort_shifts"].split(","))
     return FusedScorer(net, head, device, config, range(low, high + 1))
 
@@ -266,7 +270,7 @@ def load_scorer(config: Config) -> Scorer:
         if not path.exists():
             raise RtdiarError(f"no weights at {path}: pass --weights NAME|FILE (`rtdiar weights` lists the known models)")
         metadata = load_weights(model, path)
-    if arch == "sync_head":
+    if arch in FUSED_ARCHS:
         return _fused_scorer(model, metadata, device, config)
     if arch in ASD_ARCHS:
         from rtdiar.scorers.active_speaker import ActiveSpeakerScorer

@@ -49,6 +49,8 @@ MODELS: dict[str, KnownModel] = {m.name: m for m in (
                "rtdiar (default without lrasd-ava)"),
     KnownModel("rtdiar-lips", "rtdiar_syncnet_lips.safetensors", "compact_lips", 14_917_232, "MIT", _OWN_DATA,
                "rtdiar"),
+    KnownModel("rtdiar-distilled", "rtdiar_distilled.safetensors", "distilled", 7_523_628, "MIT",
+               "train/ (~110 people), LR-ASD's scores as its targets", "rtdiar"),
     KnownModel("rtdiar-lrasd", "rtdiar_sync_lrasd.safetensors", "sync_head", 5_269_856, "MIT",
                "its head: train/ (~110 people); reads lrasd-ava's front ends", "rtdiar (default with lrasd-ava)"),
     KnownModel("lrasd-ava", "lrasd_pretrain_AVA.model", "lrasd", 3_426_337, "MIT", "AVA-ActiveSpeaker",

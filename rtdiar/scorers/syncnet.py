@@ -19,6 +19,7 @@ from torch import nn
 
 from rtdiar.scorers.asd import LRASD, LightASD
 from rtdiar.scorers.baseline import EnergyBaseline
+from rtdiar.scorers.distilled import DistilledASD
 from rtdiar.scorers.sync_head import SyncHead
 from rtdiar.errors import RtdiarError
 
@@ -265,6 +266,7 @@ ARCHS: dict[str, Callable[[], nn.Module]] = {
     "lrasd": LRASD,  # active-speaker models (their published .model files): a speaking logit, not a sync cosine
     "lightasd": LightASD,
     "sync_head": SyncHead,  # rtdiar's sync head on LR-ASD's front ends, fused with its logit (scorers/fused.py)
+    "distilled": DistilledASD,  # rtdiar's compact judgement, taught by LR-ASD, with its own sync head (scorers/distilled.py)
 }
 
 
