@@ -123,7 +123,7 @@ class _AudioInput:
         seek = ["-ss", f"{-shift_s:.6f}"] if shift_s < 0 else []
         # adelay rather than -itsoffset: the stream then starts at 0 with silence, which every player handles
         delay = f"adelay=delays={shift_s * 1000:.3f}:all=1," if shift_s > 0 else ""
-        # apad + -shortest: the video decides the length, a short audio track is padded with silence
+        # apad + the muxer's -t: the video decides the length, a short audio track is padded with silence
         return [*seek, "-i", str(self.path)], f"{delay}apad"
 
 
@@ -206,7 +206,7 @@ class _VideoEncoder:
         muxed = self._temp.with_suffix(f".mux{self.path.suffix}")
         cmd = [require_tool("ffmpeg"), "-nostdin", "-y", "-v", "error", "-i", str(self._temp), *audio_input,
                "-map", "0:v", "-map", "1:a:0?", "-c:v", "copy", "-c:a", "aac", "-af", audio_filter,
-               "-shortest", str(muxed)]
+               "-t", f"{self.frames / self.fps:.6f}", str(muxed)]  # the video's length: -shortest can cut its last frame
         proc = subprocess.run(cmd, capture_output=True, start_new_session=True)
         if proc.returncode != 0:
             self._temp.unlink(missing_ok=True)
