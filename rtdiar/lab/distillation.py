@@ -26,7 +26,7 @@ from rtdiar.config import PROJECT_ROOT, Config, build_section, load_config
 from rtdiar.errors import RtdiarError
 from rtdiar.lab.dataset import DEFAULT_CACHE, PreparedClip, cache_path, find_clips, prepare_clips
 from rtdiar.lab.frontends import MAX_CLIP_S, FrontendClip, clip_wave, embed_clip, features_path, prepare_features
-from rtdiar.lab.sync_training import fit_on_dev, frontend_net, read_recipe, window_loss, writable
+from rtdiar.lab.sync_training import fit_on_dev, frontend_net, fusion_metadata, read_recipe, window_loss, writable
 from rtdiar.scorers.active_speaker import AUDIO_CONTEXT_FRAMES
 from rtdiar.scorers.distilled import DistilledASD
 from rtdiar.scorers.fused import clip_mfcc
@@ -192,8 +192,6 @@ def train_distilled(recipe: DistilRecipe, out: Path | None = None, overwrite: bo
     student = train_student(recipe, taught_clips(recipe.train, recipe, config))
     with torch.no_grad():
         figures = fit_on_dev(recipe, student.head, student, dev_frontends(recipe.dev, config, student))
-    low, high = recipe.cohort_shifts
-    save_weights(student, out, recipe.arch, {"teacher": recipe.teacher, "cohort_shifts": f"{low},{high}",
-                                             "right_person_cv": f"{figures['fused']:.4f}"})
+    save_weights(student, out, recipe.arch, {"teacher": recipe.teacher, **fusion_metadata(recipe, figures)})
     print(f"wrote {out}")
     return figures

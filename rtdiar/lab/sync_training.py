@@ -277,11 +277,17 @@ def train_sync_head(recipe: HeadRecipe, out: Path | None = None, overwrite: bool
     net = frontend_net(recipe.frontends)
     head = train_head(recipe, clip_features(recipe.train, recipe, net))
     figures = fit_on_dev(recipe, head, net, clip_features([recipe.dev], recipe, net))
-    low, high = recipe.cohort_shifts
-    save_weights(head, out, "sync_head", {"frontends": recipe.frontends, "cohort_shifts": f"{low},{high}",
-                                          "frames": str(recipe.frames), "right_person_cv": f"{figures['fused']:.4f}"})
+    save_weights(head, out, "sync_head", {"frontends": recipe.frontends, "frames": str(recipe.frames),
+                                          **fusion_metadata(recipe, figures)})
     print(f"wrote {out}")
     return figures
+
+
+def fusion_metadata(recipe: HeadRecipe, figures: dict) -> dict[str, str]:
+    """What a fused model's file says of its fusion: the cohort it is measured against (read live)
+    and its cross-validated mute-test figure."""
+    low, high = recipe.cohort_shifts
+    return {"cohort_shifts": f"{low},{high}", "right_person_cv": f"{figures['fused']:.4f}"}
 
 
 def writable(out: Path, overwrite: bool) -> Path:

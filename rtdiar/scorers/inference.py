@@ -237,18 +237,20 @@ def _batched(embed: Callable[..., np.ndarray], batch: int, *items: np.ndarray | 
 
 
 def _fused_scorer(model: nn.Module, metadata: dict[str, str], device: torch.device, config: Config) -> Scorer:
-    """rtdiar's sync head fused with a speaking logit: the distilled network with its own head
-    (rtdiar-distilled), or the head on the front ends of the downloaded model its file names (rtdiar-lrasd)."""
+    """rtdiar's sync head fused with a speaking logit: the head on the front ends of the downloaded
+    model its file names (rtdiar-lrasd), or a network that is its own front ends and holds its head
+    (rtdiar-distilled)."""
     from rtdiar.scorers.fused import FusedScorer
     from rtdiar.scorers.registry import MODELS, resolve
 
     if config.model.runtime == "onnx":
         raise RtdiarError("the sync head streams its frames in torch: use --runtime torch (or auto)")
-    net, head = model, model.head if model.arch == "distilled" else model
-    if model.arch == "sync_head":
+    if "frontends" in metadata:
         frontends = MODELS[metadata["frontends"]]
-        net = build_model(frontends.arch)
+        net, head = build_model(frontends.arch), model
         load_weights(net, resolve(frontends.name))  # one line naming the download when it is not here
+    else:
+        net, head = model, model.head
     low, high = (int(v) for v in metadata["cohort_shifts"].split(","))
     return FusedScorer(net, head, device, config, range(low, high + 1))
 
