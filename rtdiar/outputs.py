@@ -162,7 +162,10 @@ class _VideoEncoder:
         """Wait for ffmpeg and move the file into place; RtdiarError (and no file) if it failed."""
         if self._proc is None:
             return
-        self._proc.stdin.close()
+        try:
+            self._proc.stdin.close()  # sends the frames still buffered
+        except OSError:  # ffmpeg died before taking them: report its reason
+            self._fail()
         if self._proc.wait() != 0:
             self._fail()
         self._release()
@@ -181,7 +184,8 @@ class _VideoEncoder:
         self._stderr = tempfile.TemporaryFile()
         try:
             # own session: Ctrl-C reaches only rtdiar, whose close() then lets ffmpeg finish the file
-            self._proc = subprocess.Popen([*cmd, str(self._temp)], stdin=subprocess.PIPE, bufsize=0,
+            # buffered stdin: its write sends the whole frame even when a signal cuts the pipe write short
+            self._proc = subprocess.Popen([*cmd, str(self._temp)], stdin=subprocess.PIPE,
                                           stdout=subprocess.DEVNULL, stderr=self._stderr, start_new_session=True)
         except OSError as exc:
             self._temp.unlink(missing_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -215,3 +216,20 @@ def test_dropped_frames_are_filled_to_keep_sync(tmp_path: Path) -> None:
     sink.close()
     assert int(ffprobe_video(path)["nb_read_frames"]) == 28  # frames 0..27 at 25 fps
     assert not any(name.startswith(".") for name in os.listdir(tmp_path))
+
+
+def test_signals_during_the_run_lose_no_frame(tmp_path: Path) -> None:
+    """A signal (the stop request, a terminal resize) that lands while a frame is being piped to
+    ffmpeg interrupts the write part-way; the rest of that frame must still be sent."""
+    path = tmp_path / "annotated.mp4"
+    sink = AnnotatedVideoSink(path, FPS, None)
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: None)
+    signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)  # a signal every millisecond
+    try:
+        for result in scripted([1] * 40, size=(640, 480)):  # 0.9 MB a frame: more than a pipe holds
+            sink.write(result)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    sink.close()
+    assert int(ffprobe_video(path)["nb_read_frames"]) == 40
