@@ -49,15 +49,18 @@ def _network_and_head(name: str, request) -> tuple[torch.nn.Module, SyncHead]:
     return load_scorer(fused_config()).model, SyncHead()
 
 
-@pytest.mark.parametrize("name", ["lrasd", "distilled"])
-def test_each_live_score_is_what_the_fusion_was_fitted_on(one_thread, request, name):
+@pytest.mark.parametrize("name, runtime", [("lrasd", "torch"), ("lrasd", "onnx"), ("distilled", "torch"),
+                                           ("distilled", "onnx")])
+def test_each_live_score_is_what_the_fusion_was_fitted_on(one_thread, request, name, runtime):
     """Streamed frame by frame, the fused score of a face is the fusion of the speaking logit and the
     cohort-relative sync score that `sync_training.pairing_features` computes offline on the same
     face and sound: the fit and the live judgement read the same numbers. The distilled network is
-    causal: no delay, and the offline pass over the whole clip gives the same."""
+    causal: no delay, and the offline pass over the whole clip gives the same. Live in ONNX Runtime
+    (the CPU's default) or torch; offline in torch."""
     net, head = _network_and_head(name, request)
     head.fusion.copy_(torch.tensor([0.5, 2.0, -0.1]))
-    scorer = FusedScorer(net, head.eval(), torch.device("cpu"), fused_config(), range(5, 26))
+    scorer = FusedScorer(net, head.eval(), torch.device("cpu"), fused_config(), range(5, 26), runtime)
+    assert scorer.runtime == runtime
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (72, 112, 112), dtype=np.uint8)
     mfcc = rng.normal(0.0, 5.0, (4 * len(frames), 13)).astype(np.float32)

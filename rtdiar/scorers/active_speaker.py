@@ -23,7 +23,8 @@ from rtdiar.config import Config
 from rtdiar.scorers.asd import EMBED_DIM
 from rtdiar.scorers.asd_stream import VisualStream
 from rtdiar.scorers.base import FrameScores, ScorerNeeds, TrackWindow
-from rtdiar.tracking import crop_asd_face
+from rtdiar.scorers.onnx_backend import OnnxStreamingNet
+from rtdiar.tracking import ASD_FACE_PX, crop_asd_face
 from rtdiar.windows import MFCC_PER_FRAME
 
 AUDIO_CONTEXT_FRAMES = 8  # the sound front end sees ±6 frames: the window's sound starts this much earlier
@@ -31,19 +32,24 @@ AUDIO_CONTEXT_FRAMES = 8  # the sound front end sees ±6 frames: the window's so
 
 class ActiveSpeakerScorer:
     """`Scorer` for the active-speaker models: a raw score per track is the model's speaking logit
-    (> 0 reads as talking), with no sync embeddings for the off-sync cohort."""
+    (> 0 reads as talking), with no sync embeddings for the off-sync cohort.
+
+    `runtime` onnx runs the network's parts in ONNX Runtime (`OnnxStreamingNet`: a face encoder that
+    reads one frame at a time only); `self.model` stays the torch network either way."""
 
     family = "asd"
-    runtime = "torch"
 
-    def __init__(self, model: nn.Module, device: torch.device, config: Config) -> None:
+    def __init__(self, model: nn.Module, device: torch.device, config: Config, runtime: str = "torch") -> None:
         acfg = config.asd
         if device.type == "cpu":
             torch.set_num_threads(acfg.threads)
         self.model = model.to(device).eval()
         self.device = device
+        self.runtime = runtime
+        self.net = (OnnxStreamingNet(self.model, ASD_FACE_PX, torch.get_num_threads()) if runtime == "onnx"
+                    else self.model)
         reach = model.visual_encoder.receptive_frames
-        self.visual = VisualStream(self.model, reach if acfg.delay_frames is None else acfg.delay_frames, device)
+        self.visual = VisualStream(self.net, reach if acfg.delay_frames is None else acfg.delay_frames, device)
         self.window_frames, self.delay, self.lookahead = acfg.window_frames, self.visual.delay, acfg.lookahead_frames
         self.needs = ScorerNeeds(crop=functools.partial(crop_asd_face, scale=acfg.box_scale),
                                  frames=config.model.stride_frames, audio="mfcc",
@@ -72,7 +78,7 @@ class ActiveSpeakerScorer:
             return torch.zeros((0, EMBED_DIM), device=self.device)
         with torch.inference_mode():
             mfcc = torch.from_numpy(np.ascontiguousarray(audio[:audio_frames * MFCC_PER_FRAME], np.float32))
-            return self.model.audio_frontend(mfcc[None].to(self.device))[0, :audio_frames - self.delay]
+            return self.net.audio_frontend(mfcc[None].to(self.device))[0, :audio_frames - self.delay]
 
     def _speaking_logits(self, tracks: list[TrackWindow], sound: torch.Tensor) -> dict[int, float]:
         """Each track's speaking logit: the back end over its last face embeddings and the same frames' sound."""
@@ -87,7 +93,7 @@ class ActiveSpeakerScorer:
             for length, ids in spans.items():
                 a = sound[None, len(sound) - length:].expand(len(ids), -1, -1)
                 v = torch.from_numpy(np.stack([np.stack(list(self._faces[tid])[-length:]) for tid in ids])).to(self.device)
-                logits = self.model.speaking_logits(a, v)[:, length - 1 - min(self.lookahead, length - 1)]
+                logits = self.net.speaking_logits(a, v)[:, length - 1 - min(self.lookahead, length - 1)]
                 raw.update(zip(ids, logits.float().cpu().tolist()))
         return raw
 

@@ -20,6 +20,8 @@ from rtdiar.config import Config
 from rtdiar.scorers.active_speaker import ActiveSpeakerScorer
 from rtdiar.scorers.base import FrameScores, TrackWindow
 from rtdiar.scorers.asd import EMBED_DIM
+from rtdiar.scorers.inference import TorchTowers
+from rtdiar.scorers.onnx_backend import OnnxTowers
 from rtdiar.scorers.sync_head import SyncHead
 from rtdiar.windows import MEL_FPS, MFCC_PER_FRAME
 
@@ -30,9 +32,12 @@ class FusedScorer(ActiveSpeakerScorer):
     """`Scorer` whose raw score per track is the fused speaking logit (> 0 reads as talking this sound)."""
 
     def __init__(self, model: nn.Module, head: SyncHead, device: torch.device, config: Config,
-                 cohort_shifts: range) -> None:
-        super().__init__(model, device, config)
+                 cohort_shifts: range, runtime: str = "torch") -> None:
+        super().__init__(model, device, config, runtime)
         self.head = head.to(device).eval()
+        windows = torch.zeros((2, head.frames, EMBED_DIM))
+        self.towers = (OnnxTowers(self.head.face, self.head.sound, {"faces": windows}, windows, torch.get_num_threads())
+                       if runtime == "onnx" else TorchTowers(self.head.face, self.head.sound, device))
         self.kept_frames = max(self.window_frames, head.frames)
         self.cohort = OffSyncCohort(cohort_shifts)
         self.clip_windows = FrontendWindows(self.model, self.head, cohort_shifts, config.audio.sample_rate)
@@ -57,13 +62,11 @@ class FusedScorer(ActiveSpeakerScorer):
         relative to the off-sync cohort (no score until the cohort has past sound)."""
         frames = self.head.frames
         ids = [tid for tid in scored if len(self._faces[tid]) >= frames]
-        with torch.inference_mode():
-            heard = self.head.sound(sound[None, -frames:])[0].float().cpu().numpy()
-            faces = {}
-            if ids:
-                windows = np.stack([np.stack(list(self._faces[tid])[-frames:]) for tid in ids])
-                embedded = self.head.face(torch.from_numpy(windows).to(self.device)).float().cpu().numpy()
-                faces = dict(zip(ids, embedded))
+        heard = self.towers.audio(sound[None, -frames:].float().cpu().numpy())[0]
+        faces = {}
+        if ids:
+            embedded = self.towers.faces(np.stack([np.stack(list(self._faces[tid])[-frames:]) for tid in ids]))
+            faces = dict(zip(ids, embedded))
         return self.cohort.scores(step, heard, faces)
 
 

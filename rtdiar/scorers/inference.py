@@ -236,15 +236,14 @@ def _batched(embed: Callable[..., np.ndarray], batch: int, *items: np.ndarray | 
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
-def _fused_scorer(model: nn.Module, metadata: dict[str, str], device: torch.device, config: Config) -> Scorer:
+def _fused_scorer(model: nn.Module, metadata: dict[str, str], device: torch.device, config: Config,
+                  runtime: str) -> Scorer:
     """rtdiar's sync head fused with a speaking logit: the head on the front ends of the downloaded
     model its file names (rtdiar-lrasd), or a network that is its own front ends and holds its head
     (rtdiar-distilled)."""
     from rtdiar.scorers.fused import FusedScorer
     from rtdiar.scorers.registry import MODELS, resolve
 
-    if config.model.runtime == "onnx":
-        raise RtdiarError("the sync head streams its frames in torch: use --runtime torch (or auto)")
     if "frontends" in metadata:
         frontends = MODELS[metadata["frontends"]]
         net, head = build_model(frontends.arch), model
@@ -252,7 +251,7 @@ def _fused_scorer(model: nn.Module, metadata: dict[str, str], device: torch.devi
     else:
         net, head = model, model.head
     low, high = (int(v) for v in metadata["cohort_shifts"].split(","))
-    return FusedScorer(net, head, device, config, range(low, high + 1))
+    return FusedScorer(net, head, device, config, range(low, high + 1), runtime)
 
 
 def load_scorer(config: Config) -> Scorer:
@@ -273,12 +272,9 @@ def load_scorer(config: Config) -> Scorer:
             raise RtdiarError(f"no weights at {path}: pass --weights NAME|FILE (`rtdiar weights` lists the known models)")
         metadata = load_weights(model, path)
     if arch in FUSED_ARCHS:
-        return _fused_scorer(model, metadata, device, config)
+        return _fused_scorer(model, metadata, device, config, runtime)
     if arch in ASD_ARCHS:
         from rtdiar.scorers.active_speaker import ActiveSpeakerScorer
 
-        if cfg.runtime == "onnx":
-            raise RtdiarError(f"model '{arch}' streams its frames in torch: use --runtime torch (or auto)")
-
-        return ActiveSpeakerScorer(model, device, config)
+        return ActiveSpeakerScorer(model, device, config, runtime)
     return SyncScorer(model, device, runtime, config)
