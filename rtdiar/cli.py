@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune = add_model_arguments(parser)
     tune.add_argument("--stride", metavar="N", type=int, help="score every N frames (the decision reuses the last scores between)")
+    tune.add_argument("--detect-every", metavar="N", type=int,
+                      help="detect faces every N frames, keeping their last boxes between (faster; boxes up to N-1 frames old)")
     tune.add_argument("--smooth", metavar="WINDOWS", type=int, help="causal moving average length, in scored windows")
     tune.add_argument("--threshold", metavar="SCORE", type=float, help="smoothed score a face needs to become the speaker")
     return parser
@@ -89,6 +91,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "model.device": args.device,
         "model.runtime": args.runtime,
         "model.stride_frames": getattr(args, "stride", None),
+        "detector.every_frames": getattr(args, "detect_every", None),
         "decision.smooth_windows": getattr(args, "smooth", None),
         "decision.threshold": getattr(args, "threshold", None),
         "offset.max_shift": getattr(args, "max_shift", None),
@@ -96,10 +99,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name in ("stride", "smooth"):
+    for name in ("stride", "smooth", "detect_every"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            raise RtdiarError(f"--{name} must be at least 1")
+            raise RtdiarError(f"--{name.replace('_', '-')} must be at least 1")
     if args.camera is not None and args.audio is not None:
         raise RtdiarError("--audio goes with --video; the camera's sound comes from --mic")
     if args.video is None and args.pace is not None:

@@ -37,6 +37,12 @@ class DetectorConfig:
     model_selection: int
     min_confidence: float
     max_side_px: int
+    every_frames: int
+
+    def __post_init__(self) -> None:
+        if type(self.every_frames) is not int or self.every_frames < 1:
+            raise RtdiarError(f"config key 'detector.every_frames' must be a whole number of at least 1, "
+                              f"got {self.every_frames!r}")
 
 
 @dataclass

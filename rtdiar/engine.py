@@ -141,14 +141,20 @@ class Diarizer:
             yield frame
 
     def _detect_loop(self, frames: queue.Queue, detected: queue.Queue) -> None:
-        """Faces of every frame, in order; control items (end, failures) pass through."""
+        """Faces of every frame, in order; control items (end, failures) pass through. The detector
+        runs every `detector.every_frames` frames and at each shot cut; other frames keep its last boxes."""
+        every = self.config.detector.every_frames
         try:
             cuts = ShotCuts(self.config.tracker.cut_threshold)
+            found: tuple[int, np.ndarray, np.ndarray] | None = None  # the last detection: frame index, boxes, scores
             with FaceDetector(self.config.detector) as detector:
                 while (item := self._take(frames)) is not None:
                     if isinstance(item, VideoFrame):
                         with self.times.stage("detect"):
-                            item = _Detected(item, *detector.detect(item.image), cuts.is_cut(item.image))
+                            cut = cuts.is_cut(item.image)
+                            if cut or found is None or item.index - found[0] >= every:
+                                found = (item.index, *detector.detect(item.image))
+                            item = _Detected(item, found[1], found[2], cut)
                     self._enqueue(detected, item, drop_stale=False)
                     if not isinstance(item, _Detected):
                         return

@@ -139,13 +139,15 @@ def test_camera_that_will_not_open(capsys, random_weights):
 def test_bad_flag_values(capsys, dev_clip):
     assert main(["--video", str(dev_clip), "--no-window", "--stride", "0"]) == 2
     assert "--stride" in _error_line(capsys)
+    assert main(["--video", str(dev_clip), "--no-window", "--detect-every", "0"]) == 2
+    assert "--detect-every must be at least 1" in _error_line(capsys)
 
 
 def test_help_explains_every_option():
     proc = subprocess.run([sys.executable, "-m", "rtdiar", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
     for flag in ("--camera", "--mic", "--video", "--audio", "--pace", "--no-window", "--jsonl", "--rttm",
-                 "--annotated", "--plot", "--save-faces", "--config", "--weights", "--device", "--stride"):
+                 "--annotated", "--plot", "--save-faces", "--config", "--weights", "--device", "--stride", "--detect-every"):
         assert flag in proc.stdout
 
 

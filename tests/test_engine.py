@@ -13,6 +13,7 @@ from conftest import DEV_WILD, count_frames
 from rtdiar.config import load_config
 from rtdiar.engine import Diarizer
 from rtdiar.scorers.inference import EmbeddingScorer, sync_needs
+from rtdiar.tracking import FaceDetector
 from rtdiar.sources import FileSource
 
 
@@ -162,6 +163,19 @@ def test_audio_is_aligned_on_stream_start_times(config, shared_dir):
     assert source.audio_offset_s == pytest.approx(0.852 - 0.008, abs=0.002)
 
 
+def test_detection_every_nth_frame_keeps_the_faces_between(config, dev_clip, monkeypatch):
+    calls = []
+    detect = FaceDetector.detect
+    monkeypatch.setattr(FaceDetector, "detect", lambda self, image: calls.append(1) or detect(self, image))
+    config = dataclasses.replace(config, detector=dataclasses.replace(config.detector, every_frames=3))
+    results, scorer = _run(config, dev_clip)
+    assert [r.frame for r in results] == list(range(count_frames(dev_clip)))
+    assert len(calls) == -(-len(results) // 3)  # frames 0, 3, 6, ...: the clip has no shot cut
+    assert {f.id for r in results for f in r.faces} == {1}
+    assert sum(len(r.faces) == 1 for r in results) >= 0.9 * len(results)
+    assert len(scorer.calls) > 0.8 * len(results)  # the face is still scored at every frame
+
+
 def test_a_shot_cut_gives_the_next_face_a_new_id_and_no_carried_score(config, tmp_path):
     """Two talking heads edited one after the other, the face in the same place: the second is
     another person, so it must not inherit the first one's id, crop window or smoothed score."""
@@ -178,6 +192,9 @@ def test_a_shot_cut_gives_the_next_face_a_new_id_and_no_carried_score(config, tm
     scored = [i for i, r in enumerate(results) if i >= 50 and r.faces and r.faces[0].score is not None]
     assert scored[0] >= 50 + config.tracker.min_hits - 1 + config.window.frames - 1
     assert all(r.speaker in (None, 2) for r in results[50:])
+    sparse = dataclasses.replace(config, detector=dataclasses.replace(config.detector, every_frames=25))
+    results, _ = _run(sparse, edited)  # detecting once a second: the cut itself is detected
+    assert {f.id for r in results[:50] for f in r.faces} == {1} and {f.id for r in results[50:] for f in r.faces} == {2}
 
     uncut = dataclasses.replace(config, tracker=dataclasses.replace(config.tracker, cut_threshold=0.0))
     results, _ = _run(uncut, edited)
