@@ -34,8 +34,9 @@ class ActiveSpeakerScorer:
     """`Scorer` for the active-speaker models: a raw score per track is the model's speaking logit
     (> 0 reads as talking), with no sync embeddings for the off-sync cohort.
 
-    `runtime` onnx runs the network's parts in ONNX Runtime (`OnnxStreamingNet`: a face encoder that
-    reads one frame at a time only); `self.model` stays the torch network either way."""
+    `runtime` onnx runs the network in ONNX Runtime (`OnnxStreamingNet`), all but a face encoder that
+    reads several frames (LR-ASD's, Light-ASD's), which streams in torch; `self.model` stays the torch
+    network either way (the offline passes use it)."""
 
     family = "asd"
 

@@ -65,8 +65,8 @@ class _TrackState:
 class VisualStream:
     """Per-track face embeddings, each `delay_frames` after its frame, all tracks in one batch.
 
-    `net` (an `LRASD` or `LightASD`, already on `device`) is read once: its face encoder's weights
-    as they are now, batch norms folded in."""
+    `net` (an active-speaker network already on `device`, or its `OnnxStreamingNet`) is read once:
+    its face encoder's weights as they are now, batch norms folded in."""
 
     def __init__(self, net: nn.Module, delay_frames: int, device: torch.device, face_px: int = ASD_FACE_PX) -> None:
         self.steps: list[Step] = net.visual_encoder.steps()
