@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from rtdiar.config import Config, load_config
 from rtdiar.drawing import annotate
 from rtdiar.engine import Diarizer
 from rtdiar.lab.bench import BenchConfig, markdown_table, sized_meeting
-from rtdiar.scorers.base import Scorer, TrackWindow
+from rtdiar.scorers.base import Scorer, ScorerNeeds, TrackWindow
 from rtdiar.scorers.inference import MEL_SHAPE, load_scorer
 from rtdiar.sources import FileSource
 from rtdiar.windows import MFCC_PER_FRAME
@@ -131,29 +132,36 @@ def bench_speed(videos: dict[int, Path], variants: list[Variant], config_file: P
     return {"runs": rows, "model_ms": model}
 
 
-AUDIO_ROWS = {"mel": lambda frames: MEL_SHAPE,  # one sound window's shape
-              "mfcc": lambda frames: (MFCC_PER_FRAME * frames, MFCC_N_CEPSTRA)}
+def sound_window(needs: ScorerNeeds, rng: np.random.Generator, steps: int) -> Callable[[int], np.ndarray]:
+    """The random sound window of each step: a mel window (the lip-sync experts read one), or the
+    MFCC rows of the `audio_frames` frames up to the step, from one stream (the active-speaker models
+    keep what an earlier window computed)."""
+    if needs.audio == "mel":
+        mel = rng.standard_normal(MEL_SHAPE).astype(np.float32)
+        return lambda step: mel
+    stream = rng.standard_normal((MFCC_PER_FRAME * (needs.audio_frames + steps), MFCC_N_CEPSTRA)).astype(np.float32)
+    return lambda step: stream[MFCC_PER_FRAME * step:MFCC_PER_FRAME * (step + needs.audio_frames)]
 
 
 def measure_model(scorer: Scorer, faces: list[int], calls: int = 30) -> dict[int, float]:
-    """Milliseconds per `score_frame` call (one sound window, N tracks, each a new frame) on random
-    input, after as many calls of warm-up (a streaming model's window fills): the model's share alone
-    (FaceMesh, for a model that reads lip points, is the engine's `lips` stage), and how many tracks
-    it could score 25 times a second."""
+    """Milliseconds per `score_frame` call (N tracks, each a new frame, and the sound window one frame
+    on, as live) on random input, after as many calls of warm-up (a streaming model's window fills):
+    the model's share alone (FaceMesh, for a model that reads lip points, is the engine's `lips`
+    stage), and how many tracks it could score 25 times a second."""
     rng = np.random.default_rng(0)
     needs = scorer.needs
     crop = needs.crop(rng.integers(0, 256, (360, 360, 3), dtype=np.uint8), np.array([90.0, 60.0, 270.0, 300.0]))
     crops = np.stack([crop] * needs.frames)
-    audio = rng.standard_normal(AUDIO_ROWS[needs.audio](needs.audio_frames)).astype(np.float32)
+    window = sound_window(needs, rng, 2 * calls)
     lips = rng.normal(0.0, 0.5, (needs.frames, 42, 2)).astype(np.float32) if needs.lips else None
     timings = {}
     for n in faces:
         tracks = [TrackWindow(track_id, crops, lips) for track_id in range(n)]
         for step in range(calls):
-            scorer.score_frame(step, tracks, audio)
+            scorer.score_frame(step, tracks, window(step))
         start = time.perf_counter()
         for step in range(calls, 2 * calls):
-            scorer.score_frame(step, tracks, audio)
+            scorer.score_frame(step, tracks, window(step))
         timings[n] = (time.perf_counter() - start) * 1000.0 / calls
         for track_id in range(n):
             scorer.forget(track_id)

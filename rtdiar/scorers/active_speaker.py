@@ -24,10 +24,13 @@ from rtdiar.scorers.asd import EMBED_DIM
 from rtdiar.scorers.asd_stream import VisualStream
 from rtdiar.scorers.base import FrameScores, ScorerNeeds, TrackWindow
 from rtdiar.scorers.onnx_backend import OnnxStreamingNet
+from rtdiar.scorers.sound_stream import SoundStream
 from rtdiar.tracking import ASD_FACE_PX, crop_asd_face
 from rtdiar.windows import MFCC_PER_FRAME
 
-AUDIO_CONTEXT_FRAMES = 8  # the sound front end sees ±6 frames: the window's sound starts this much earlier
+# The sound front ends read at most 6 frames each side (Light-ASD 5; rtdiar-distilled 6 back, none ahead): the
+# window's sound starts this much earlier, and `SoundStream` keeps an embedding with this many real frames each side
+AUDIO_CONTEXT_FRAMES = 8
 
 
 class ActiveSpeakerScorer:
@@ -51,6 +54,7 @@ class ActiveSpeakerScorer:
                     else self.model)
         reach = model.visual_encoder.receptive_frames
         self.visual = VisualStream(self.net, reach if acfg.delay_frames is None else acfg.delay_frames, device)
+        self.sound = SoundStream(self.net.audio_frontend, AUDIO_CONTEXT_FRAMES, device)
         self.window_frames, self.delay, self.lookahead = acfg.window_frames, self.visual.delay, acfg.lookahead_frames
         self.needs = ScorerNeeds(crop=functools.partial(crop_asd_face, scale=acfg.box_scale),
                                  frames=config.model.stride_frames, audio="mfcc",
@@ -70,16 +74,16 @@ class ActiveSpeakerScorer:
         self._embed_new_frames(step, tracks)
         if not any(self._faces.get(track.id) for track in tracks):
             return FrameScores({})
-        return FrameScores(self._speaking_logits(tracks, self._sound(audio)))
+        return FrameScores(self._speaking_logits(tracks, self._sound(step, audio)))
 
-    def _sound(self, audio: np.ndarray) -> torch.Tensor:
-        """(frames, 128) sound embeddings up to the newest embedded face frame, inclusive, newest last."""
+    def _sound(self, step: int, audio: np.ndarray) -> torch.Tensor:
+        """(frames, 128) sound embeddings up to the newest embedded face frame, inclusive, newest last:
+        the last `kept_frames` of them (`SoundStream`: each computed once, as on the whole window)."""
         audio_frames = len(audio) // MFCC_PER_FRAME
         if audio_frames <= self.delay:
             return torch.zeros((0, EMBED_DIM), device=self.device)
-        with torch.inference_mode():
-            mfcc = torch.from_numpy(np.ascontiguousarray(audio[:audio_frames * MFCC_PER_FRAME], np.float32))
-            return self.net.audio_frontend(mfcc[None].to(self.device))[0, :audio_frames - self.delay]
+        mfcc = np.ascontiguousarray(audio[:audio_frames * MFCC_PER_FRAME], np.float32)
+        return self.sound.embed(step, mfcc, audio_frames - self.delay, self.kept_frames)
 
     def _speaking_logits(self, tracks: list[TrackWindow], sound: torch.Tensor) -> dict[int, float]:
         """Each track's speaking logit: the back end over its last face embeddings and the same frames' sound."""

@@ -48,7 +48,7 @@ class FusedScorer(ActiveSpeakerScorer):
 
     def score_frame(self, step: int, tracks: list[TrackWindow], audio: np.ndarray) -> FrameScores:
         self._embed_new_frames(step, tracks)
-        sound = self._sound(audio)
+        sound = self._sound(step, audio)
         if len(sound) < self.head.frames:
             return FrameScores({})
         logits = self._speaking_logits(tracks, sound)
