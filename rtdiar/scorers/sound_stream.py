@@ -7,7 +7,7 @@ back and none ahead), so once `reach` real frames lie on both sides of it inside
 longer changes: it is kept. A new window then computes only what it adds, from a short chunk of
 rows around it (with the newest frames, which still wait for theirs, again). The result equals the
 front end run over the whole window (what the scorer did before: 42 frames a call for LR-ASD,
-18 now). A window that does not continue the last one, checked on the rows they share, starts
+17 now). A window that does not continue the last one, checked on the rows they share, starts
 afresh, so the equality never rests on the steps alone.
 """
 
