@@ -312,8 +312,9 @@ def build_train_parser() -> argparse.ArgumentParser:
 def train(args: argparse.Namespace) -> int:
     """`rtdiar train`: prepare the clips (cached), then train with validation on unseen people; a
     recipe with `arch: sync_head` trains the sync head on LR-ASD's front ends instead, and one with
-    `arch: distilled` the compact judgement LR-ASD teaches."""
-    from rtdiar.lab import distillation, sync_training
+    `arch: distilled` the compact judgement LR-ASD teaches, and one with `arch: joint` the fusion of two
+    fused judgements."""
+    from rtdiar.lab import distillation, joint, sync_training
     from rtdiar.lab.training import load_train_config, train_model
 
     arch = sync_training.read_recipe(args.train_config).get("arch") if args.train_config else None
@@ -321,6 +322,8 @@ def train(args: argparse.Namespace) -> int:
         sync_training.train_sync_head(sync_training.load_recipe(args.train_config), args.out, args.overwrite)
     elif arch == "distilled":
         distillation.train_distilled(distillation.load_recipe(args.train_config), args.out, args.overwrite)
+    elif arch == "joint":
+        joint.fit_joint(joint.load_recipe(args.train_config), args.out, args.overwrite)
     else:
         train_model(load_train_config(args.train_config), load_config(args.config), out=args.out, resume=args.resume,
                     overwrite=args.overwrite)

@@ -245,7 +245,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return Config(**{name: build_section(cls, data[name], f"{name}.") for name, cls in _SECTIONS.items()})
 
 
-ASD_ARCHS = ("lrasd", "lightasd", "sync_head", "distilled")  # a speaking logit per face (> 0: talking), not a sync cosine
+ASD_ARCHS = ("lrasd", "lightasd", "sync_head", "distilled", "joint")  # a speaking logit per face (> 0: talking), not a sync cosine
 
 
 def scorer_family(model: ModelConfig) -> str:

@@ -6,9 +6,11 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rtdiar.config import Config, load_config
+from rtdiar.scorers.base import TrackWindow
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # Qt tests run without a screen
 
@@ -87,7 +89,7 @@ def installed_asd_weights(shared_dir: Path, tmp_path_factory) -> Path:
 @pytest.fixture
 def asd_weights_dir(installed_asd_weights: Path, monkeypatch) -> Path:
     """RTDIAR_WEIGHTS_DIR holding the downloads, for this test and the `rtdiar` processes it starts:
-    `--weights lrasd-ava` resolves, and `auto` is rtdiar-lrasd."""
+    `--weights lrasd-ava` resolves, and `auto` is rtdiar-joint."""
     monkeypatch.setenv("RTDIAR_WEIGHTS_DIR", str(installed_asd_weights))
     return installed_asd_weights
 
@@ -103,3 +105,17 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def streamed_clip(scorer, frames: int = 72, track_id: int = 4) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Random grey faces and MFCCs streamed through an active-speaker scorer one frame at a time, the
+    sound window as the engine cuts it: ({step: the track's raw score or None}, faces, MFCCs)."""
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (frames, 112, 112), dtype=np.uint8)
+    mfcc = rng.normal(0.0, 5.0, (4 * frames, 13)).astype(np.float32)
+    rows_kept = 4 * scorer.needs.audio_frames
+    live = {}
+    for step in range(frames):
+        audio = mfcc[max(0, 4 * step + 4 - rows_kept):4 * step + 4]
+        live[step] = scorer.score_frame(step, [TrackWindow(track_id, faces[step:step + 1])], audio).raw.get(track_id)
+    return live, faces, mfcc

@@ -1,23 +1,22 @@
 """rtdiar-lrasd: LR-ASD's speaking score checked against the sound by rtdiar's sync head. Known by
-name and chosen by `auto` once LR-ASD is downloaded; live, each score is what the fusion was fitted
-on; the head's recipe learns sync from in-sync clips alone."""
+name and loaded only with LR-ASD downloaded; live, each score is what the fusion was fitted on; the
+head's recipe learns sync from in-sync clips alone."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import streamed_clip
 
 from rtdiar.config import load_config
 from rtdiar.errors import RtdiarError
 from rtdiar.lab import sync_training
 from rtdiar.lab.evaluate import roc_auc
 from rtdiar.lab.frontends import FrontendClip
-from rtdiar.scorers.base import TrackWindow
 from rtdiar.scorers.distilled import DistilledASD
 from rtdiar.scorers.fused import FusedScorer, face_embeddings, sound_embeddings
 from rtdiar.scorers.inference import load_scorer
-from rtdiar.scorers.registry import judgement_line, resolve
 from rtdiar.scorers.sync_head import SyncHead
 
 
@@ -25,15 +24,8 @@ def fused_config(name: str = "rtdiar-lrasd", **overrides):
     return load_config(overrides={"model.weights": name, "model.device": "cpu", **overrides})
 
 
-def test_auto_takes_the_fused_judgement_once_lrasd_is_downloaded(asd_weights_dir, tmp_path, monkeypatch):
-    scorer = load_scorer(fused_config("auto"))
-    assert isinstance(scorer, FusedScorer) and scorer.family == "asd"
-    assert fused_config("auto").decision.threshold == 0.0  # a logit: the active-speaker decision defaults
-    assert "rtdiar-lrasd" in judgement_line("auto") and "download" not in judgement_line("auto")
+def test_it_needs_lrasd_downloaded(tmp_path, monkeypatch):
     monkeypatch.setenv("RTDIAR_WEIGHTS_DIR", str(tmp_path))  # nothing downloaded here
-    assert resolve("auto").name == "rtdiar_syncnet.safetensors"
-    line = judgement_line("auto")
-    assert line.startswith("rtdiar: judging with rtdiar-pair") and "rtdiar weights download lrasd-ava" in line
     with pytest.raises(RtdiarError, match="rtdiar weights download lrasd-ava") as error:
         load_scorer(fused_config())
     assert "\n" not in str(error.value)
@@ -61,14 +53,7 @@ def test_each_live_score_is_what_the_fusion_was_fitted_on(one_thread, request, n
     head.fusion.copy_(torch.tensor([0.5, 2.0, -0.1]))
     scorer = FusedScorer(net, head.eval(), torch.device("cpu"), fused_config(), range(5, 26), runtime)
     assert scorer.runtime == runtime
-    rng = np.random.default_rng(0)
-    frames = rng.integers(0, 256, (72, 112, 112), dtype=np.uint8)
-    mfcc = rng.normal(0.0, 5.0, (4 * len(frames), 13)).astype(np.float32)
-    live = {}
-    rows_kept = 4 * scorer.needs.audio_frames
-    for step in range(len(frames)):
-        audio = mfcc[max(0, 4 * step + 4 - rows_kept):4 * step + 4]
-        live[step] = scorer.score_frame(step, [TrackWindow(4, frames[step:step + 1])], audio).raw.get(4)
+    live, frames, mfcc = streamed_clip(scorer)
 
     faces, sound = face_embeddings(scorer.model, frames), sound_embeddings(scorer.model, mfcc)
     embedded = len(frames) - scorer.delay  # the face frames the stream has embedded by the last step

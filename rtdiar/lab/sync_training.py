@@ -156,7 +156,8 @@ def train_head(recipe: HeadRecipe, clips: list[FrontendClip]) -> SyncHead:
 @dataclass
 class Pairing:
     """A dev clip's sound with one face over the same frames: its own (the speaker) or another
-    clip's (a face talking on mute). `features` (n, 2): active-speaker logit, relative sync score."""
+    clip's (a face talking on mute). `features` (n, 2): active-speaker logit, relative sync score
+    (a joint judgement's: each member's, side by side)."""
 
     sound: int
     face: int
@@ -248,7 +249,7 @@ def right_person(pairings: list[Pairing], fusion: np.ndarray) -> float:
     right = total = 0
     for sound, group in by_sound.items():
         n = min(len(p.features) for p in group)
-        scores = np.stack([p.features[:n] @ fusion[:2] + fusion[2] for p in group])
+        scores = np.stack([p.features[:n] @ fusion[:-1] + fusion[-1] for p in group])
         own = np.array([p.face == sound for p in group])
         voiced = group[int(np.argmax(own))].voiced[:n]
         right += int((own[scores.argmax(axis=0)] & voiced).sum())
@@ -256,16 +257,21 @@ def right_person(pairings: list[Pairing], fusion: np.ndarray) -> float:
     return right / max(total, 1)
 
 
-def cross_validated(pairings: list[Pairing], folds: int = 5) -> dict[str, float]:
-    """Right person with the fusion fitted on the other folds' sounds (by person), beside the
-    active-speaker logit alone and the sync score alone."""
+def fused_cv(pairings: list[Pairing], folds: int = 5) -> float:
+    """Right person with the fusion fitted on the other folds' sounds (by person)."""
     sounds = sorted({p.sound for p in pairings})
     fold_of = {sound: k % folds for k, sound in enumerate(sounds)}
     fused = []
     for k in range(folds):
         fusion = fit_fusion([p for p in pairings if fold_of[p.sound] != k])
         fused.append(right_person([p for p in pairings if fold_of[p.sound] == k], fusion))
-    return {"fused": float(np.mean(fused)),
+    return float(np.mean(fused))
+
+
+def cross_validated(pairings: list[Pairing], folds: int = 5) -> dict[str, float]:
+    """Right person with the fusion cross-validated by person (`fused_cv`), beside the
+    active-speaker logit alone and the sync score alone."""
+    return {"fused": fused_cv(pairings, folds),
             "asd_only": right_person(pairings, np.array([1.0, 0.0, 0.0])),
             "sync_only": right_person(pairings, np.array([0.0, 1.0, 0.0]))}
 

@@ -47,15 +47,22 @@ class FusedScorer(ActiveSpeakerScorer):
         self.cohort.forget(track_id)
 
     def score_frame(self, step: int, tracks: list[TrackWindow], audio: np.ndarray) -> FrameScores:
+        features = self.features(step, tracks, audio)
+        if not features:
+            return FrameScores({})
+        fused = self.head.fused_logit(*torch.tensor(list(features.values())).T)
+        return FrameScores(dict(zip(features, fused.tolist())))
+
+    def features(self, step: int, tracks: list[TrackWindow], audio: np.ndarray) -> dict[int, tuple[float, float]]:
+        """Each scored track's speaking logit and relative sync score (0 until its cohort is in),
+        of the frame `latency_frames` before `step`: what the fusion weighs."""
         self._embed_new_frames(step, tracks)
         sound = self._sound(step, audio)
         if len(sound) < self.head.frames:
-            return FrameScores({})
+            return {}
         logits = self._speaking_logits(tracks, sound)
         sync = self._sync_scores(step, sound, list(logits))
-        fused = self.head.fused_logit(torch.tensor(list(logits.values())),
-                                      torch.tensor([sync.get(tid, 0.0) for tid in logits]))
-        return FrameScores(dict(zip(logits, fused.tolist())))
+        return {tid: (logit, sync.get(tid, 0.0)) for tid, logit in logits.items()}
 
     def _sync_scores(self, step: int, sound: torch.Tensor, scored: list[int]) -> dict[int, float]:
         """Each of the `scored` tracks with `head.frames` face embeddings: its sync with the sound,

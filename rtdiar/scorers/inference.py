@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -254,6 +255,15 @@ def _fused_scorer(model: nn.Module, metadata: dict[str, str], device: torch.devi
     return FusedScorer(net, head, device, config, range(low, high + 1), runtime)
 
 
+def _joint_scorer(fusion: nn.Module, metadata: dict[str, str], config: Config) -> Scorer:
+    """Two fused judgements in one: each member (its file named by the joint file) loaded as it runs alone."""
+    from rtdiar.scorers.joint import JointScorer
+
+    members = [load_scorer(dataclasses.replace(config, model=dataclasses.replace(config.model, weights=name, arch="auto")))
+               for name in metadata["members"].split(",")]
+    return JointScorer(fusion, members)
+
+
 def load_scorer(config: Config) -> Scorer:
     """The configured network with its weights, on the configured device and runtime, ready to score.
 
@@ -273,6 +283,8 @@ def load_scorer(config: Config) -> Scorer:
         metadata = load_weights(model, path)
     if arch in FUSED_ARCHS:
         return _fused_scorer(model, metadata, device, config, runtime)
+    if arch == "joint":
+        return _joint_scorer(model, metadata, config)
     if arch in ASD_ARCHS:
         from rtdiar.scorers.active_speaker import ActiveSpeakerScorer
 

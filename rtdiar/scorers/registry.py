@@ -52,7 +52,10 @@ MODELS: dict[str, KnownModel] = {m.name: m for m in (
     KnownModel("rtdiar-distilled", "rtdiar_distilled.safetensors", "distilled", 7_523_628, "MIT",
                "train/ (~110 people), LR-ASD's scores as its targets", "rtdiar"),
     KnownModel("rtdiar-lrasd", "rtdiar_sync_lrasd.safetensors", "sync_head", 5_269_856, "MIT",
-               "its head: train/ (~110 people); reads lrasd-ava's front ends", "rtdiar (default with lrasd-ava)"),
+               "its head: train/ (~110 people); reads lrasd-ava's front ends", "rtdiar"),
+    KnownModel("rtdiar-joint", "rtdiar_joint.safetensors", "joint", 196, "MIT",
+               "its fusion: dev/wild people; reads rtdiar-lrasd (lrasd-ava) and rtdiar-distilled",
+               "rtdiar (default with lrasd-ava)"),
     KnownModel("lrasd-ava", "lrasd_pretrain_AVA.model", "lrasd", 3_426_337, "MIT", "AVA-ActiveSpeaker",
                "LR-ASD, IJCV 2025", _LRASD + "pretrain_AVA.model",
                "85e6c77fc981595234790d1e128ebb60352d37726b2445e0ef8891e2512fe9e3"),
@@ -82,11 +85,11 @@ def local_path(model: KnownModel) -> Path:
 
 
 BEST = "auto"  # the best judgement this machine has (`best_available`)
-BETTER, FALLBACK, NEEDED = "rtdiar-lrasd", "rtdiar-pair", "lrasd-ava"  # BETTER reads NEEDED's front ends
+BETTER, FALLBACK, NEEDED = "rtdiar-joint", "rtdiar-pair", "lrasd-ava"  # BETTER reads NEEDED's front ends
 
 
 def best_available() -> KnownModel:
-    """rtdiar-lrasd once lrasd-ava is downloaded, else rtdiar's own lip-sync experts."""
+    """rtdiar-joint once lrasd-ava is downloaded, else rtdiar's own lip-sync experts."""
     return MODELS[BETTER] if local_path(MODELS[NEEDED]).exists() else MODELS[FALLBACK]
 
 
@@ -95,7 +98,7 @@ def judgement_line(weights: str) -> str:
     name = best_available().name if weights == BEST else str(weights)
     line = f"rtdiar: judging with {name}"
     if name == BETTER:
-        return f"{line} (LR-ASD's speaking score, checked against the sound by rtdiar's sync head)"
+        return f"{line} (LR-ASD's speaking score, checked against the sound by two sync heads of rtdiar's)"
     if not local_path(MODELS[NEEDED]).exists():
         return f"{line}; for the better {BETTER}: rtdiar weights download {NEEDED}"
     return line

@@ -54,3 +54,19 @@ class SyncHead(nn.Module):
     def fused_logit(self, asd_logit: torch.Tensor, sync: torch.Tensor) -> torch.Tensor:
         weight_asd, weight_sync, bias = self.fusion
         return weight_asd * asd_logit + weight_sync * sync + bias
+
+
+MEMBERS = 2  # the fused judgements a `JointFusion` weighs
+
+
+class JointFusion(nn.Module):
+    """Two fused judgements in one (`rtdiar.scorers.joint`): a weight for each member's speaking logit
+    and relative sync score, then a bias; the file names its members, whose own files hold the rest."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weights = nn.Parameter(torch.zeros(2 * MEMBERS + 1), requires_grad=False)  # fitted, not trained
+
+    def fused_logit(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, 2 * MEMBERS) features, the members' in order -> (N,) logits (> 0 reads as talking this sound)."""
+        return features @ self.weights[:-1] + self.weights[-1]

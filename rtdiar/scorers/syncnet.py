@@ -20,7 +20,7 @@ from torch import nn
 from rtdiar.scorers.asd import LRASD, LightASD
 from rtdiar.scorers.baseline import EnergyBaseline
 from rtdiar.scorers.distilled import DistilledASD
-from rtdiar.scorers.sync_head import SyncHead
+from rtdiar.scorers.sync_head import JointFusion, SyncHead
 from rtdiar.errors import RtdiarError
 
 MODULE_PREFIX = "module."  # what nn.DataParallel puts in front of every key
@@ -267,6 +267,7 @@ ARCHS: dict[str, Callable[[], nn.Module]] = {
     "lightasd": LightASD,
     "sync_head": SyncHead,  # rtdiar's sync head on LR-ASD's front ends, fused with its logit (scorers/fused.py)
     "distilled": DistilledASD,  # rtdiar's compact judgement, taught by LR-ASD, with its own sync head (scorers/distilled.py)
+    "joint": JointFusion,  # two of those weighed into one (scorers/joint.py): the file holds the weights, names the members
 }
 
 
