@@ -42,8 +42,9 @@ class JointRecipe:
 
 
 def load_recipe(path: Path | None) -> JointRecipe:
+    path = path or DEFAULT_RECIPE
     try:
-        recipe = build_section(JointRecipe, read_recipe(path or DEFAULT_RECIPE), "")
+        recipe = build_section(JointRecipe, read_recipe(path), "")
     except KeyError as exc:
         raise RtdiarError(f"the recipe {path} lacks '{exc.args[0]}'") from None
     if len(recipe.members) != MEMBERS or len(recipe.logits) != MEMBERS:
