@@ -22,11 +22,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rtdiar.audio import VoiceActivity
-from rtdiar.config import PROJECT_ROOT, Config, build_section, load_config
-from rtdiar.errors import RtdiarError
+from rtdiar.config import PROJECT_ROOT, Config, load_config
 from rtdiar.lab.dataset import DEFAULT_CACHE, PreparedClip, cache_path, find_clips, prepare_clips
 from rtdiar.lab.frontends import MAX_CLIP_S, FrontendClip, clip_wave, embed_clip, features_path, prepare_features
-from rtdiar.lab.sync_training import fit_on_dev, frontend_net, fusion_metadata, read_recipe, window_loss, writable
+from rtdiar.lab.sync_training import build_recipe, fit_on_dev, frontend_net, fusion_metadata, window_loss, writable
 from rtdiar.scorers.active_speaker import AUDIO_CONTEXT_FRAMES
 from rtdiar.scorers.distilled import DistilledASD
 from rtdiar.scorers.fused import clip_mfcc
@@ -76,10 +75,7 @@ class TaughtClip:
 
 
 def load_recipe(path: Path) -> DistilRecipe:
-    try:
-        return build_section(DistilRecipe, read_recipe(path), "")
-    except KeyError as exc:
-        raise RtdiarError(f"the recipe {path} lacks '{exc.args[0]}'") from None
+    return build_recipe(DistilRecipe, path)
 
 
 def teacher_logits(net: torch.nn.Module, clip: FrontendClip) -> np.ndarray:

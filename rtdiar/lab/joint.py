@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rtdiar.config import PROJECT_ROOT, Config, build_section, load_config
+from rtdiar.config import PROJECT_ROOT, Config, load_config
 from rtdiar.errors import RtdiarError
 from rtdiar.lab.distillation import dev_frontends
-from rtdiar.lab.sync_training import Pairing, dev_pairings, fit_fusion, fused_cv, read_recipe, writable
+from rtdiar.lab.sync_training import Pairing, build_recipe, dev_pairings, fit_fusion, fused_cv, writable
 from rtdiar.scorers.inference import load_scorer
 from rtdiar.scorers.sync_head import MEMBERS
 from rtdiar.scorers.syncnet import build_model, save_weights
@@ -42,11 +42,7 @@ class JointRecipe:
 
 
 def load_recipe(path: Path | None) -> JointRecipe:
-    path = path or DEFAULT_RECIPE
-    try:
-        recipe = build_section(JointRecipe, read_recipe(path), "")
-    except KeyError as exc:
-        raise RtdiarError(f"the recipe {path} lacks '{exc.args[0]}'") from None
+    recipe = build_recipe(JointRecipe, path or DEFAULT_RECIPE)
     if len(recipe.members) != MEMBERS or len(recipe.logits) != MEMBERS:
         raise RtdiarError(f"a joint judgement weighs {MEMBERS} members: the recipe names {len(recipe.members)} "
                           f"and {len(recipe.logits)} logit choices")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from rtdiar.scorers.sync_head import SyncHead
 from rtdiar.scorers.syncnet import build_model, load_weights, save_weights
 
 DEFAULT_RECIPE = PROJECT_ROOT / "configs" / "train_sync_head.yaml"
+R = TypeVar("R")
 MAX_FRAMES_PER_SOUND = 250  # 10 s: a long dev clip does not outweigh the others in the fusion fit
 
 
@@ -67,12 +69,16 @@ def read_recipe(path: Path) -> dict:
     return data
 
 
-def load_recipe(path: Path | None) -> HeadRecipe:
-    path = Path(path or DEFAULT_RECIPE)
+def build_recipe(cls: type[R], path: Path) -> R:
+    """A recipe file as its dataclass (one line naming a missing setting)."""
     try:
-        return build_section(HeadRecipe, read_recipe(path), "")
+        return build_section(cls, read_recipe(path), "")
     except KeyError as exc:
         raise RtdiarError(f"the recipe {path} lacks '{exc.args[0]}'") from None
+
+
+def load_recipe(path: Path | None) -> HeadRecipe:
+    return build_recipe(HeadRecipe, Path(path or DEFAULT_RECIPE))
 
 
 def frontend_net(name: str) -> torch.nn.Module:
